@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "ms-service-metric",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "ms-service-metric", targets: ["ms-service-metric"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // The kernel/user boundary (bpf/msm_abi.h) as a C module for Swift.
+        .target(name: "CMSMABI", path: "Sources/CMSMABI"),
+        // libbpf from the system (libbpf-dev), through pkg-config.
+        .systemLibrary(name: "CLibbpf", path: "Sources/CLibbpf", pkgConfig: "libbpf",
+                       providers: [.apt(["libbpf-dev", "libelf-dev"])]),
+        // Small C helpers around libbpf that Swift cannot express (option structs, callbacks).
+        .target(name: "CBPFShim", dependencies: ["CLibbpf", "CMSMABI"], path: "Sources/CBPFShim"),
+
+        // Builds bpf/*.bpf.c and the provider's native library with the toolchain's clang and
+        // embeds them, with the provider's Python sources, into the agent binary.
+        .executableTarget(name: "msm-embed", path: "Sources/msm-embed"),
+        .plugin(name: "EmbedArtifacts", capability: .buildTool(), dependencies: ["msm-embed"],
+                path: "Plugins/EmbedArtifacts"),
+        .target(name: "MSMArtifacts", path: "Sources/MSMArtifacts", plugins: ["EmbedArtifacts"]),
+
+        // Pure logic: config, aggregation, exposition. No I/O beyond reading a config file.
+        .target(name: "MSMCore", dependencies: ["Yams", "CMSMABI"], path: "Sources/MSMCore"),
+        // The agent: BPF loading and attach, target discovery, control socket, HTTP.
+        .target(name: "MSMAgent", dependencies: [
+            "MSMCore", "MSMArtifacts", "CBPFShim", "CLibbpf", "CMSMABI",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Sources/MSMAgent"),
+        // Wiring only: command-line parsing and dispatch.
+        .executableTarget(name: "ms-service-metric", dependencies: [
+            "MSMAgent", "MSMCore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Sources/ms-service-metric"),
+
+        .testTarget(name: "MSMCoreTests", dependencies: ["MSMCore"], path: "Tests/MSMCoreTests"),
+    ]
+)

@@ -1,0 +1,16 @@
+import Foundation
+
+/// The artifacts the agent carries: the BPF object and the provider's files.
+public enum Artifacts {
+    public static var bpfObject: Data {
+        Data(base64Encoded: EmbeddedArtifacts.bpfObjectBase64) ?? Data()
+    }
+
+    /// Files of the provider directory, relative path → contents.
+    public static var providerFiles: [(path: String, data: Data)] {
+        EmbeddedArtifacts.providerFilesBase64.map { ($0.path, Data(base64Encoded: $0.base64) ?? Data()) }
+    }
+
+    /// Content hash of the provider files; names their install directory.
+    public static var providerHash: String { EmbeddedArtifacts.contentHash }
+}

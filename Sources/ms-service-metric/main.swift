@@ -1,0 +1,2 @@
+import MSMAgent
+print(AgentPlaceholder.hash())

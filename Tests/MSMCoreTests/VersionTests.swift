@@ -1,0 +1,3 @@
+import XCTest
+@testable import MSMCore
+final class VersionTests: XCTestCase { func testVersion() { XCTAssertFalse(MSMCoreVersion.version.isEmpty) } }
