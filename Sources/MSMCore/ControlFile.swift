@@ -1,0 +1,107 @@
+import Foundation
+
+/// The control file the agent writes for providers (docs/protocol.md, "Control file").
+/// Keys are snake_case; absent versions and expressions are written as `null`.
+public struct ControlFile: Codable, Sendable, Equatable {
+    public static let abiVersion = 1
+
+    public var abi: Int
+    /// Increases on every change; a provider applies each generation once.
+    public var generation: UInt64
+    /// false: providers restore every original function, then ack.
+    public var enabled: Bool
+    public var agentPid: Int32
+    public var probes: [ControlProbe]
+
+    public init(abi: Int = ControlFile.abiVersion, generation: UInt64, enabled: Bool, agentPid: Int32,
+                probes: [ControlProbe]) {
+        self.abi = abi
+        self.generation = generation
+        self.enabled = enabled
+        self.agentPid = agentPid
+        self.probes = probes
+    }
+
+    /// Builds the file from a validated config: probe id = index of the entry.
+    public init(config: SymbolConfig, generation: UInt64, enabled: Bool, agentPid: Int32) {
+        self.init(generation: generation, enabled: enabled, agentPid: agentPid,
+                  probes: config.entries.enumerated().map { ControlProbe(id: $0.offset, entry: $0.element) })
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case abi, generation, enabled, probes
+        case agentPid = "agent_pid"
+    }
+
+    /// Compact UTF-8 JSON with sorted keys (stable bytes for the same content).
+    public func jsonData() throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return try enc.encode(self)
+    }
+}
+
+public struct ControlProbe: Codable, Sendable, Equatable {
+    public var id: Int
+    public var symbol: String
+    public var minVersion: String?
+    public var maxVersion: String?
+    public var metrics: [ControlMetric]
+
+    public init(id: Int, symbol: String, minVersion: String?, maxVersion: String?, metrics: [ControlMetric]) {
+        self.id = id
+        self.symbol = symbol
+        self.minVersion = minVersion
+        self.maxVersion = maxVersion
+        self.metrics = metrics
+    }
+
+    public init(id: Int, entry: SymbolEntry) {
+        self.init(id: id, symbol: entry.symbol, minVersion: entry.minVersion, maxVersion: entry.maxVersion,
+                  metrics: entry.metrics.map(ControlMetric.init(spec:)))
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, symbol, metrics
+        case minVersion = "min_version"
+        case maxVersion = "max_version"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(symbol, forKey: .symbol)
+        try c.encode(minVersion, forKey: .minVersion)  // null when absent
+        try c.encode(maxVersion, forKey: .maxVersion)
+        try c.encode(metrics, forKey: .metrics)
+    }
+}
+
+public struct ControlMetric: Codable, Sendable, Equatable {
+    /// Without the `vllm_profiling_` prefix.
+    public var name: String
+    public var type: MetricType
+    public var expr: String?
+    public var labels: [LabelSpec]
+
+    public init(name: String, type: MetricType, expr: String?, labels: [LabelSpec]) {
+        self.name = name
+        self.type = type
+        self.expr = expr
+        self.labels = labels
+    }
+
+    public init(spec: MetricSpec) {
+        self.init(name: spec.name, type: spec.type, expr: spec.expr, labels: spec.labels)
+    }
+
+    enum CodingKeys: String, CodingKey { case name, type, expr, labels }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(type, forKey: .type)
+        try c.encode(expr, forKey: .expr)  // null when absent
+        try c.encode(labels, forKey: .labels)
+    }
+}
