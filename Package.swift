@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // The kernel/user boundary (bpf/msm_abi.h) as a C module for Swift.
@@ -21,6 +22,8 @@ let package = Package(
                        providers: [.apt(["libbpf-dev", "libelf-dev"])]),
         // Small C helpers around libbpf that Swift cannot express (option structs, callbacks).
         .target(name: "CBPFShim", dependencies: ["CLibbpf", "CMSMABI"], path: "Sources/CBPFShim"),
+        // POSIX calls Swift's Glibc module does not expose (SO_PEERCRED needs _GNU_SOURCE).
+        .target(name: "CPosixShim", path: "Sources/CPosixShim"),
 
         // Builds bpf/*.bpf.c and the provider's native library with the toolchain's clang and
         // embeds them, with the provider's Python sources, into the agent binary.
@@ -33,9 +36,10 @@ let package = Package(
         .target(name: "MSMCore", dependencies: ["Yams", "CMSMABI"], path: "Sources/MSMCore"),
         // The agent: BPF loading and attach, target discovery, control socket, HTTP.
         .target(name: "MSMAgent", dependencies: [
-            "MSMCore", "MSMArtifacts", "CBPFShim", "CLibbpf", "CMSMABI",
+            "MSMCore", "MSMArtifacts", "CBPFShim", "CLibbpf", "CMSMABI", "CPosixShim",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], path: "Sources/MSMAgent"),
         // Wiring only: command-line parsing and dispatch.
         .executableTarget(name: "ms-service-metric", dependencies: [

@@ -10,6 +10,7 @@ struct EmbedArtifacts: BuildToolPlugin {
     func createBuildCommands(context: PluginContext, target: Target) throws -> [Command] {
         let root = context.package.directoryURL
         let inputs = ["bpf", "provider"].flatMap { sourceFiles(under: root.appendingPathComponent($0)) }
+            + [root.appendingPathComponent("Config/default.yaml")]
         let output = context.pluginWorkDirectoryURL.appendingPathComponent("EmbeddedArtifacts.swift")
         let work = context.pluginWorkDirectoryURL.appendingPathComponent("artifacts")
         var arguments = [

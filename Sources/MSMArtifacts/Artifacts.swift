@@ -6,6 +6,11 @@ public enum Artifacts {
         Data(base64Encoded: EmbeddedArtifacts.bpfObjectBase64) ?? Data()
     }
 
+    /// Config/default.yaml: the built-in symbol config.
+    public static var defaultConfig: String {
+        String(decoding: Data(base64Encoded: EmbeddedArtifacts.defaultConfigBase64) ?? Data(), as: UTF8.self)
+    }
+
     /// Files of the provider directory, relative path → contents.
     public static var providerFiles: [(path: String, data: Data)] {
         EmbeddedArtifacts.providerFilesBase64.map { ($0.path, Data(base64Encoded: $0.base64) ?? Data()) }

@@ -1,0 +1,337 @@
+import Foundation
+import Logging
+import MSMArtifacts
+import MSMCore
+
+/// The long-running agent: owns the targets, their uprobes, the control file and the
+/// aggregation actor, and answers the CLI's commands. All state changes go through this
+/// actor; the kernel side and the HTTP endpoint only read from it.
+public actor Agent {
+    public struct Settings: Sendable {
+        public var runtime: RuntimeDirectory
+        public var listen: String
+        public var configSource: ConfigSource
+        public var defaultConfigText: String
+
+        public init(runtime: RuntimeDirectory, listen: String, configSource: ConfigSource, defaultConfigText: String) {
+            self.runtime = runtime
+            self.listen = listen
+            self.configSource = configSource
+            self.defaultConfigText = defaultConfigText
+        }
+    }
+
+    private let settings: Settings
+    private let collector: BPFCollector
+    public nonisolated let aggregator: Aggregator
+    private let logger: Logger
+    private var config: SymbolConfig
+    private var configSource: ConfigSource
+    private var generation: UInt64 = 0
+    private var enabled = true
+    /// Processes asked for with --pid (their descendants are targets too).
+    private var roots: Set<Int32> = []
+    /// `on` without --pid: every process on the host that carries the provider.
+    private var watchAll = false
+    private var targets: [Int32: Target] = [:]
+    private var stopRequested: (@Sendable () -> Void)?
+
+    public init(settings: Settings, collector: BPFCollector, logger: Logger) throws {
+        self.settings = settings
+        self.collector = collector
+        self.logger = logger
+        configSource = settings.configSource
+        config = try Agent.loadConfig(settings.configSource, defaultText: settings.defaultConfigText)
+        aggregator = Aggregator(config: config)
+    }
+
+    /// Called by `off` once providers have restored their functions: stops the service.
+    public func onStop(_ action: @escaping @Sendable () -> Void) { stopRequested = action }
+
+    // MARK: - Commands
+
+    public func handle(_ request: ControlRequest) async -> ControlResponse {
+        switch request.command {
+        case .on: return await on(pids: request.pids ?? [], configPath: request.config, timeout: request.timeoutSeconds ?? 10)
+        case .off:
+            let response = await off()
+            stopRequested?()
+            return response
+        case .restart: return await restart(configPath: request.config)
+        case .status: return await status()
+        }
+    }
+
+    public func on(pids: [Int32], configPath: String?, timeout: Double) async -> ControlResponse {
+        for pid in pids where !ProcessTable.exists(pid) {
+            return ControlResponse(exitCode: 1, lines: ["ms-service-metric: no process with pid \(pid)"])
+        }
+        var lines: [String] = []
+        if let configPath, ConfigSource.file(configPath) != configSource {
+            let reload = await restart(configPath: configPath)
+            guard reload.exitCode == 0 else { return reload }
+            lines += reload.lines
+        }
+        enabled = true
+        if pids.isEmpty { watchAll = true } else { roots.formUnion(pids) }
+        do {
+            try publishControlFile()
+        } catch {
+            return ControlResponse(exitCode: 1, lines: ["ms-service-metric: \(error)"])
+        }
+        let wanted = pids.isEmpty ? nil : Set(pids)
+        await scan()
+        let pending = await waitForAcks(of: attachedPids(within: wanted), timeout: timeout)
+        lines += targetLines(within: wanted, pending: pending)
+        if targets.isEmpty || (wanted != nil && attachedPids(within: wanted).isEmpty) {
+            lines.append("no process carries the provider yet; start the service with `ms-service-metric exec -- …` (collection starts as soon as one appears)")
+        }
+        lines.append("metrics on http://\(settings.listen)/metrics")
+        return ControlResponse(exitCode: pending.isEmpty ? 0 : 1, lines: lines)
+    }
+
+    public func restart(configPath: String?) async -> ControlResponse {
+        let source = configPath.map(ConfigSource.file) ?? configSource
+        let newConfig: SymbolConfig
+        do {
+            newConfig = try Agent.loadConfig(source, defaultText: settings.defaultConfigText)
+        } catch {
+            return ControlResponse(exitCode: 1, lines: ["\(error)", "ms-service-metric: config not changed; still using \(configSource)"])
+        }
+        config = newConfig
+        configSource = source
+        await aggregator.reconfigure(newConfig)
+        do {
+            try publishControlFile()
+        } catch {
+            return ControlResponse(exitCode: 1, lines: ["ms-service-metric: \(error)"])
+        }
+        let pending = await waitForAcks(of: attachedPids(within: nil), timeout: 10)
+        var lines = ["config \(source) loaded (\(newConfig.entries.count) symbols, generation \(generation))"]
+        lines += pending.sorted().map { "pid \($0): provider did not acknowledge the new config yet" }
+        return ControlResponse(exitCode: pending.isEmpty ? 0 : 1, lines: lines)
+    }
+
+    /// Providers restore every original function (they acknowledge), then the uprobes go.
+    public func off() async -> ControlResponse {
+        guard enabled else { return ControlResponse(exitCode: 0, lines: ["ms-service-metric: off"]) }
+        enabled = false
+        var lines: [String] = []
+        if (try? publishControlFile()) != nil {
+            let pending = await waitForAcks(of: attachedPids(within: nil), timeout: 3)
+            lines += pending.sorted().map {
+                "pid \($0): no acknowledgement; its provider restores itself when the probe is detached"
+            }
+        }
+        detachAll()
+        try? FileManager.default.removeItem(atPath: settings.runtime.controlFile)
+        lines.append("ms-service-metric: off (\(targets.values.filter { $0.link != nil || $0.state == .attached }.count) targets released)")
+        return ControlResponse(exitCode: 0, lines: lines)
+    }
+
+    public func status() async -> ControlResponse {
+        await aggregator.setKernelStats(collector.kernelStats())
+        let snapshot = await aggregator.snapshot()
+        let report = StatusReport(
+            agentPid: getpid(), listen: settings.listen, config: configSource.description, generation: generation,
+            snapshot: snapshot, config: config,
+            targets: targets.values.sorted { $0.pid < $1.pid }.map(\.statusFacts))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let json = (try? encoder.encode(report)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return ControlResponse(exitCode: 0, lines: report.humanReadable().split(separator: "\n").map(String.init),
+                               statusJSON: json)
+    }
+
+    public func render() async -> String {
+        let start = ContinuousClock.now
+        await aggregator.setKernelStats(collector.kernelStats())
+        await aggregator.setTargetCount(targets.values.filter { $0.state == .attached }.count)
+        let text = await aggregator.renderPrometheus()
+        await aggregator.recordScrapeDuration(ContinuousClock.now - start)
+        return text
+    }
+
+    // MARK: - Targets
+
+    /// Finds new target processes (descendants of the roots, or every provider process when
+    /// watching all), attaches to those that carry the provider, and retires exited ones.
+    public func scan() async {
+        guard enabled else { return }
+        let candidates: Set<Int32> = watchAll
+            ? Set(ProcessTable.allPids().filter { ProcessTable.providerLibrary(of: $0) != nil }).union(ProcessTable.descendants(of: roots))
+            : ProcessTable.descendants(of: roots)
+
+        for (pid, target) in targets where target.state != .exited {
+            let facts = ProcessTable.facts(pid)
+            if facts == nil || facts?.startTime != target.startTime {
+                retire(pid)
+            }
+        }
+        for pid in candidates.sorted() {
+            guard let facts = ProcessTable.facts(pid) else { continue }
+            if let known = targets[pid], known.startTime == facts.startTime {
+                // A process that had no provider yet may have loaded it since (e.g. a child
+                // that is still starting up, or a module imported late).
+                if known.state == .noProvider { await attach(facts) }
+                continue
+            }
+            await attach(facts)
+        }
+        // Forget exited targets after a grace period: their last events are drained first.
+        for (pid, target) in targets where target.state == .exited {
+            if let retiredAt = target.retiredAt, ContinuousClock.now - retiredAt > .seconds(2) {
+                targets[pid] = nil
+                await aggregator.processExited(pid: pid)
+            }
+        }
+    }
+
+    private func attach(_ facts: ProcessFacts) async {
+        var role = ProcessRole.classify(title: facts.title)
+        var dp = role.dp
+        if role.inheritsRank, let parent = targets[facts.parent], parent.role.role == "engine_core" {
+            dp = parent.dp
+            role = ProcessRole(role: role.role, dp: dp, inheritsRank: true)
+        }
+        var target = Target(pid: facts.pid, startTime: facts.startTime, title: facts.title, role: role, dp: dp)
+        guard let library = ProcessTable.providerLibrary(of: facts.pid) else {
+            target.state = .noProvider
+            targets[facts.pid] = target
+            return
+        }
+        // The path as the target sees it, reached through its root: the right inode even in
+        // another mount namespace or after the file was replaced on disk.
+        let path = "/proc/\(facts.pid)/root\(library)"
+        do {
+            let symbols = try ELFSymbolTable(path: path)
+            let marker = try symbols.symbol(named: "msm_emit")
+            let semaphore = try symbols.symbol(named: "msm_semaphore")
+            // The role decides the dp label: set it before the first event can arrive.
+            await aggregator.setProcessInfo(pid: facts.pid, dp: dp, role: role.role)
+            target.link = try collector.attach(pid: facts.pid, libraryPath: path,
+                                               markerOffset: marker.fileOffset, semaphoreOffset: semaphore.fileOffset)
+            target.state = .attached
+            target.libraryPath = library
+            logger.info("attached", metadata: ["pid": "\(facts.pid)", "role": "\(role.role)", "dp": "\(dp)"])
+        } catch {
+            target.state = .error
+            target.detail = "\(error)"
+            logger.error("cannot attach", metadata: ["pid": "\(facts.pid)", "error": "\(error)"])
+        }
+        targets[facts.pid] = target
+    }
+
+    private func retire(_ pid: Int32) {
+        guard var target = targets[pid] else { return }
+        target.link?.detach()
+        target.link = nil
+        target.state = .exited
+        target.retiredAt = .now
+        targets[pid] = target
+        logger.info("target exited", metadata: ["pid": "\(pid)"])
+    }
+
+    /// Detaching a uprobe takes ~110 ms in the kernel: do them in parallel.
+    private func detachAll() {
+        let links = targets.values.compactMap(\.link)
+        DispatchQueue.concurrentPerform(iterations: links.count) { links[$0].detach() }
+        for pid in targets.keys {
+            targets[pid]?.link = nil
+            if targets[pid]?.state == .attached { targets[pid]?.state = .exited }
+        }
+    }
+
+    private func attachedPids(within wanted: Set<Int32>?) -> [Int32] {
+        targets.values.filter { $0.state == .attached }.map(\.pid).filter { pid in
+            guard let wanted else { return true }
+            return wanted.contains(pid) || isDescendant(pid, of: wanted)
+        }
+    }
+
+    private func isDescendant(_ pid: Int32, of ancestors: Set<Int32>) -> Bool {
+        var current = pid
+        for _ in 0..<64 {
+            guard let parent = ProcessTable.facts(current)?.parent, parent > 1 else { return false }
+            if ancestors.contains(parent) { return true }
+            current = parent
+        }
+        return false
+    }
+
+    /// Waits until every pid has acknowledged the current generation (or exited); returns
+    /// those that did not in time.
+    private func waitForAcks(of pids: [Int32], timeout: Double) async -> Set<Int32> {
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        var pending = Set(pids)
+        while !pending.isEmpty {
+            let acknowledged = await aggregator.acknowledgedGenerations()
+            pending = pending.filter { pid in
+                ProcessTable.exists(pid) && (acknowledged[pid] ?? 0) < generation
+            }
+            if pending.isEmpty || ContinuousClock.now > deadline { break }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return pending
+    }
+
+    private func targetLines(within wanted: Set<Int32>?, pending: Set<Int32>) -> [String] {
+        targets.values.sorted { $0.pid < $1.pid }.compactMap { target in
+            if let wanted, !wanted.contains(target.pid), !isDescendant(target.pid, of: wanted) { return nil }
+            switch target.state {
+            case .attached where pending.contains(target.pid):
+                return "pid \(target.pid) (\(target.role.role), dp \(target.dp)): attached, provider did not acknowledge within the timeout"
+            case .attached:
+                return "pid \(target.pid) (\(target.role.role), dp \(target.dp)): collecting"
+            case .noProvider:
+                return "pid \(target.pid): no provider (start it with ms-service-metric exec)"
+            case .error:
+                return "pid \(target.pid): error: \(target.detail)"
+            case .exited:
+                return nil
+            }
+        }
+    }
+
+    private func publishControlFile() throws {
+        generation += 1
+        let file = ControlFile(config: config, generation: generation, enabled: enabled, agentPid: getpid())
+        try settings.runtime.writeControlFile(try file.encoded())
+    }
+
+    static func loadConfig(_ source: ConfigSource, defaultText: String) throws -> SymbolConfig {
+        switch source {
+        case let .file(path): return try ConfigParser.load(path: path)
+        case .builtIn: return try ConfigParser.parse(yaml: defaultText, file: ConfigSource.builtInName)
+        }
+    }
+}
+
+/// One process the agent looks after.
+struct Target: Sendable {
+    enum State: String, Sendable { case attached, noProvider = "no_provider", exited, error }
+
+    let pid: Int32
+    let startTime: UInt64
+    let title: String
+    var role: ProcessRole
+    var dp: Int
+    var state: State = .noProvider
+    var detail = ""
+    var libraryPath: String?
+    var link: UprobeLink?
+    var retiredAt: ContinuousClock.Instant?
+
+    init(pid: Int32, startTime: UInt64, title: String, role: ProcessRole, dp: Int) {
+        self.pid = pid
+        self.startTime = startTime
+        self.title = title
+        self.role = role
+        self.dp = dp
+    }
+
+    var statusFacts: StatusReport.TargetFacts {
+        StatusReport.TargetFacts(pid: pid, state: state.rawValue, role: role.role, dp: dp, title: title,
+                                 provider: libraryPath == nil ? "none" : "exec", detail: detail)
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+import Logging
+import MSMArtifacts
+import MSMCore
+import ServiceLifecycle
+
+/// `ms-service-metric run`: the agent process. Loads the BPF object, serves /metrics and the
+/// control socket, and runs until `off`, SIGTERM or SIGINT — after which every provider has
+/// restored its functions and every uprobe is detached.
+public enum AgentDaemon {
+    public static func run(settings: Agent.Settings, initialPids: [Int32], logger: Logger) async throws {
+        let runtime = settings.runtime
+        try runtime.prepare()
+        if ControlSocketClient.isListening(runtime.socket) {
+            throw RuntimeError("an agent is already running (\(runtime.socket)); use `ms-service-metric status` or `off`")
+        }
+        let address = try MetricsHTTPServer.Address(parsing: settings.listen)
+        // Providers must be installable before any `exec` or attach.
+        try runtime.installProvider()
+        let collector = try BPFCollector(objectBytes: Artifacts.bpfObject)
+        let agent = try Agent(settings: settings, collector: collector, logger: logger)
+
+        let pipe = EventPipe()
+        let reader = try collector.startReading(sink: pipe)
+        let aggregator = agent.aggregator
+        let ingest = Task.detached {
+            for await batch in pipe.batches { await aggregator.ingest(batch) }
+        }
+
+        let http = MetricsHTTPServer.make(address: address, logger: logger) { await agent.render() }
+        let service = AgentService(agent: agent, initialPids: initialPids, logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: http), .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        await agent.onStop { Task { await group.triggerGracefulShutdown() } }
+
+        let control = try ControlSocketServer(path: runtime.socket) { request in await agent.handle(request) }
+        try "\(getpid())\n".write(toFile: runtime.pidFile, atomically: true, encoding: .utf8)
+        logger.info("agent running", metadata: ["pid": "\(getpid())", "listen": "\(address)", "config": "\(settings.configSource)"])
+        defer {
+            control.close()
+            reader.stop()
+            pipe.finish()
+            ingest.cancel()
+            unlink(runtime.pidFile)
+        }
+        try await group.run()
+    }
+}
+
+/// Scans for targets until shutdown, then releases them (`off`).
+struct AgentService: Service {
+    let agent: Agent
+    let initialPids: [Int32]
+    let logger: Logger
+
+    func run() async throws {
+        // No pids: every process on the host that carries the provider.
+        let response = await agent.on(pids: initialPids, configPath: nil, timeout: 10)
+        for line in response.lines { logger.info("\(line)") }
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await agent.scan()
+                try? await Task.sleep(for: .milliseconds(250))
+            }
+        }
+        let response = await agent.off()
+        for line in response.lines { logger.info("\(line)") }
+    }
+}

@@ -1,0 +1,29 @@
+import Foundation
+
+/// `ms-service-metric exec -- CMD…`: installs the provider and replaces this process with
+/// CMD, environment prepared so that every Python process in the command's tree loads the
+/// provider, dormant, at start-up (the way `opentelemetry-instrument` wraps a command).
+public enum ExecLauncher {
+    public static func environment(providerDirectory: String, controlFile: String,
+                                   base: [String: String] = ProcessInfo.processInfo.environment) -> [String: String] {
+        var env = base
+        let existing = base["PYTHONPATH"].map { ":" + $0 } ?? ""
+        env["PYTHONPATH"] = "\(providerDirectory)/boot:\(providerDirectory)\(existing)"
+        env["MS_SERVICE_METRIC_PROVIDER"] = providerDirectory
+        env["MS_SERVICE_METRIC_CONTROL"] = controlFile
+        return env
+    }
+
+    /// Does not return on success.
+    public static func exec(command: [String], runtime: RuntimeDirectory) throws -> Never {
+        guard let program = command.first else { throw RuntimeError("exec needs a command, e.g. exec -- python3 app.py") }
+        let provider = try runtime.installProvider()
+        for (key, value) in environment(providerDirectory: provider, controlFile: runtime.controlFile) {
+            setenv(key, value, 1)
+        }
+        var argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) }
+        argv.append(nil)
+        execvp(program, &argv)
+        throw RuntimeError("cannot run \(program): \(String(cString: strerror(errno)))")
+    }
+}

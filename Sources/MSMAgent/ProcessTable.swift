@@ -1,0 +1,72 @@
+import Foundation
+
+/// What /proc says about one process. Read fresh on every scan; nothing here is cached.
+public struct ProcessFacts: Sendable, Equatable {
+    public let pid: Int32
+    public let parent: Int32
+    /// Start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, it
+    /// identifies a process even when its pid is reused.
+    public let startTime: UInt64
+    public let title: String
+}
+
+/// Reads the process tree from /proc.
+public enum ProcessTable {
+    public static func exists(_ pid: Int32) -> Bool {
+        FileManager.default.fileExists(atPath: "/proc/\(pid)/stat")
+    }
+
+    public static func facts(_ pid: Int32) -> ProcessFacts? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // Fields after "(comm)": state ppid ... starttime is field 22 overall, 20th after comm.
+        let rest = stat[stat.index(after: close)...].split(separator: " ")
+        guard rest.count > 19, let parent = Int32(rest[1]), let start = UInt64(rest[19]) else { return nil }
+        return ProcessFacts(pid: pid, parent: parent, startTime: start, title: title(pid))
+    }
+
+    /// The process title: /proc/PID/cmdline (which setproctitle rewrites, e.g.
+    /// "VLLM::EngineCore_DP1"), falling back to comm.
+    public static func title(_ pid: Int32) -> String {
+        if let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty {
+            let parts = data.split(separator: 0, omittingEmptySubsequences: true)
+            let text = parts.map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+            if !text.isEmpty { return String(text.prefix(200)) }
+        }
+        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? ""
+        return comm.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    public static func allPids() -> [Int32] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return names.compactMap { Int32($0) }
+    }
+
+    /// `roots` and every live descendant of them.
+    public static func descendants(of roots: Set<Int32>) -> Set<Int32> {
+        var children: [Int32: [Int32]] = [:]
+        for pid in allPids() {
+            if let facts = facts(pid) { children[facts.parent, default: []].append(pid) }
+        }
+        var result = Set<Int32>()
+        var queue = Array(roots.filter(exists))
+        while let pid = queue.popLast() {
+            guard result.insert(pid).inserted else { continue }
+            queue.append(contentsOf: children[pid] ?? [])
+        }
+        return result
+    }
+
+    /// The path (as the process sees it) of the mapped provider library, if the process has
+    /// the provider loaded.
+    public static func providerLibrary(of pid: Int32, fileName: String = "_msm_probe.abi3.so") -> String? {
+        guard let maps = try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) else { return nil }
+        for line in maps.split(separator: "\n") where line.hasSuffix(fileName) || line.hasSuffix(fileName + " (deleted)") {
+            guard let slash = line.firstIndex(of: "/") else { continue }
+            var path = String(line[slash...])
+            if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
+            return path
+        }
+        return nil
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import MSMArtifacts
+
+/// The agent's root-owned runtime directory (default /run/ms-service-metric, or
+/// $MS_SERVICE_METRIC_RUNTIME_DIR): pid file, control socket, log, control file, provider.
+public struct RuntimeDirectory: Sendable {
+    public let path: String
+
+    public static var defaultPath: String {
+        ProcessInfo.processInfo.environment["MS_SERVICE_METRIC_RUNTIME_DIR"] ?? "/run/ms-service-metric"
+    }
+
+    public init(path: String = RuntimeDirectory.defaultPath) { self.path = path }
+
+    public var pidFile: String { "\(path)/agent.pid" }
+    public var socket: String { "\(path)/agent.sock" }
+    public var logFile: String { "\(path)/agent.log" }
+    public var controlFile: String { "\(path)/control.json" }
+    public var providerDirectory: String { "\(path)/provider/\(Artifacts.providerHash)" }
+
+    /// Creates the directory (0755, root) or checks that an existing one is safe: owned by
+    /// root and writable by nobody else. Providers trust files under it, so a directory a
+    /// local user could write would let that user instrument other users' processes.
+    public func prepare() throws {
+        try makeTrustedDirectory(path)
+    }
+
+    /// Installs the provider files (native library, Python package, bootstrap) into
+    /// `provider/<content hash>/`. A new build gets a new directory, so a library a running
+    /// process has mapped is never overwritten.
+    @discardableResult
+    public func installProvider() throws -> String {
+        try prepare()
+        try makeTrustedDirectory("\(path)/provider")
+        let target = providerDirectory
+        if FileManager.default.fileExists(atPath: "\(target)/.complete") { return target }
+        let staging = "\(path)/provider/.staging-\(getpid())"
+        try? FileManager.default.removeItem(atPath: staging)
+        for file in Artifacts.providerFiles {
+            let destination = "\(staging)/\(file.path)"
+            let parent = (destination as NSString).deletingLastPathComponent
+            try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o755])
+            let mode = file.path.hasSuffix(".so") ? 0o755 : 0o644
+            guard FileManager.default.createFile(atPath: destination, contents: file.data,
+                                                 attributes: [.posixPermissions: mode]) else {
+                throw RuntimeError("cannot write \(destination)")
+            }
+        }
+        FileManager.default.createFile(atPath: "\(staging)/.complete", contents: Data(), attributes: [.posixPermissions: 0o644])
+        chmod(staging, 0o755)
+        if rename(staging, target) != 0 {
+            try? FileManager.default.removeItem(atPath: staging)
+            // Another agent or exec installed the same content meanwhile.
+            guard FileManager.default.fileExists(atPath: "\(target)/.complete") else {
+                throw RuntimeError("cannot install the provider into \(target): \(String(cString: strerror(errno)))")
+            }
+        }
+        return target
+    }
+
+    /// Writes the control file atomically (temp file + rename), 0644 root.
+    public func writeControlFile(_ data: Data) throws {
+        let temp = "\(controlFile).tmp-\(getpid())"
+        guard FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o644]) else {
+            throw RuntimeError("cannot write \(temp)")
+        }
+        guard rename(temp, controlFile) == 0 else {
+            throw RuntimeError("cannot replace \(controlFile): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private func makeTrustedDirectory(_ directory: String) throws {
+        var info = stat()
+        if lstat(directory, &info) != 0 {
+            guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
+                throw RuntimeError("cannot create \(directory): \(String(cString: strerror(errno)))")
+            }
+            chmod(directory, 0o755)
+            guard lstat(directory, &info) == 0 else { throw RuntimeError("cannot stat \(directory)") }
+        }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw RuntimeError("\(directory) is not a directory (refusing to use it)")
+        }
+        guard info.st_uid == 0, info.st_mode & 0o022 == 0 else {
+            throw RuntimeError("\(directory) must be owned by root and writable only by root (chown root \(directory); chmod go-w \(directory))")
+        }
+    }
+}
+
+public struct RuntimeError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,67 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MSMAgent
+import MSMArtifacts
+import MSMCore
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the agent in the foreground (for systemd or Kubernetes); SIGTERM releases the targets.")
+
+    @OptionGroup var options: AgentOptions
+
+    func run() async throws {
+        try await withCLIErrors {
+            try requireRoot()
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = .info
+                return handler
+            }
+            let logger = Logger(label: "ms-service-metric")
+            if let path = options.absoluteConfig { try validateConfig(path) }
+            let settings = Agent.Settings(
+                runtime: RuntimeDirectory(), listen: options.listen,
+                configSource: ConfigSource.resolve(explicitPath: options.absoluteConfig,
+                                                   environment: ProcessInfo.processInfo.environment),
+                defaultConfigText: Artifacts.defaultConfig)
+            try await AgentDaemon.run(settings: settings, initialPids: options.pids, logger: logger)
+        }
+    }
+}
+
+struct Exec: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a command with the provider preloaded and dormant; `on` wakes it.")
+
+    @Argument(parsing: .captureForPassthrough, help: "The command, e.g. -- vllm serve MODEL")
+    var command: [String] = []
+
+    func run() async throws {
+        try await withCLIErrors {
+            try requireRoot()
+            let arguments = command.first == "--" ? Array(command.dropFirst()) : command
+            try ExecLauncher.exec(command: arguments, runtime: RuntimeDirectory())
+        }
+    }
+}
+
+struct CheckConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config", abstract: "Validate a symbol config offline.")
+
+    @Argument(help: "The YAML file.")
+    var file: String
+
+    func run() async throws {
+        do {
+            let config = try ConfigParser.load(path: file)
+            let metrics = config.entries.reduce(0) { $0 + $1.metrics.count }
+            print("\(file): OK (\(config.entries.count) symbols, \(metrics) metrics)")
+        } catch {
+            printErr("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,2 +1,0 @@
-import MSMAgent
-print(AgentPlaceholder.hash())

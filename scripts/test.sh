@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: unit tests (Swift and the provider's Python), then integration tests as
+# root with real BPF and real Python processes. Needs scripts/setup.sh to have run once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+swift build
+echo "== unit tests (Swift)"
+swift test
+echo "== provider tests (Python)"
+python3 -m pytest -q Tests/provider
+echo "== integration tests (root, real BPF, real processes)"
+MSM_BIN="$PWD/.build/debug/ms-service-metric" python3 -m pytest -v Tests/integration
