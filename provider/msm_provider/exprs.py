@@ -84,7 +84,7 @@ class _Checker(ast.NodeVisitor):
                 raise ExprError("call of %r is not allowed (allowed: %s, and methods)" % (
                     f.id, ", ".join(sorted(ALLOWED_FUNCTIONS))))
         elif not isinstance(f, ast.Attribute):
-            raise ExprError("only calls of allowed functions and methods")
+            raise ExprError("this call is not allowed (only allowed functions and methods)")
         for a in node.args:
             if isinstance(a, ast.Starred):
                 raise ExprError("*args in calls is not allowed")

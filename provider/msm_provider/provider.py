@@ -63,6 +63,11 @@ def load_native():
     return mod
 
 
+def _describe(e):
+    text = str(e) if type(e) is ValueError else "%s: %s" % (type(e).__name__, e)
+    return _truncate(text, 500)
+
+
 def _truncate(s, n):
     s = str(s)
     return s if len(s) <= n else s[:n]
@@ -317,6 +322,7 @@ class Provider:
         self._stop = threading.Event()
         self._patcher = None
         self._exprs = None
+        self._executed_module = None
 
     # ------------------------------------------------------------ messages
 
@@ -569,7 +575,7 @@ class Provider:
                 try:
                     self._prepare(p)
                 except Exception as e:
-                    p.state, p.detail = "error", _truncate("%s: %s" % (type(e).__name__, e), 500)
+                    p.state, p.detail = "error", _describe(e)
             self._instrumented = True
             if self._pending_modules:
                 self._install_import_hook()
@@ -637,7 +643,8 @@ class Provider:
     def _try_install(self, p):
         """Resolve and patch; sets p.state. Returns True when active."""
         mod = sys.modules.get(p.module)
-        if mod is None or getattr(getattr(mod, "__spec__", None), "_initializing", False):
+        if mod is None or (p.module != self._executed_module
+                           and getattr(getattr(mod, "__spec__", None), "_initializing", False)):
             p.pending = True
             self._pending_modules.setdefault(p.module, set()).add(p.id)
             if mod is None and not self._module_present(p.module):
@@ -776,7 +783,7 @@ class Provider:
                 except Exception as e:
                     p.pending = False
                     ids.discard(p.id)
-                    p.state, p.detail = "error", _truncate("%s: %s" % (type(e).__name__, e), 500)
+                    p.state, p.detail = "error", _describe(e)
                 if send and (p.state, p.detail) != before:
                     self._send_probe(p)
         if not self._pending_modules.get(modname, True):
@@ -788,7 +795,11 @@ class Provider:
         try:
             with self._lock:
                 if self._instrumented and modname in self._pending_modules:
-                    self._install_module(modname)
+                    self._executed_module = modname  # its body has run completely
+                    try:
+                        self._install_module(modname)
+                    finally:
+                        self._executed_module = None
         except Exception as e:
             self._internal_error(e)
 
