@@ -124,6 +124,29 @@ def check_expr(text):
     compile_expr(text, None)
 
 
+def compile_tuple(texts, param_names, filename="<msm labels>"):
+    """Compile several expressions into one function returning a tuple."""
+    fns = []
+    used = set()
+    trees = []
+    for t in texts:
+        _, u = compile_expr(t, param_names, filename)  # checks each one
+        used |= u
+        trees.append(ast.parse(t.strip(), filename, "eval").body)
+    params = expression_parameters(param_names)
+    mod = ast.parse("def _msm_expr(%s):\n    return None\n" % ", ".join(params))
+    mod.body[0].body[0].value = ast.Tuple(elts=trees, ctx=ast.Load())
+    ast.fix_missing_locations(mod)
+    code = compile(mod, filename, "exec", dont_inherit=True)
+    glb = {"__builtins__": dict(ALLOWED_FUNCTIONS)}
+    glb.update(ALLOWED_FUNCTIONS)
+    exec(code, glb)
+    fn = glb["_msm_expr"]
+    fn.__qualname__ = fn.__name__ = "msm_labels"
+    del fns
+    return fn, used
+
+
 def compile_expr(text, param_names, filename="<msm expr>"):
     """Compile ``text`` into ``(function, used_names)``.
 

@@ -111,6 +111,13 @@ class _SeriesRegistry:
             self._ids[key] = sid
             return sid
 
+    def get_for(self, m, key):
+        """Series id of metric ``m`` for label values ``key`` (cached in m)."""
+        sid = self.get(m.name, m.label_names, tuple(_truncate(v, LABEL_VALUE_MAX) for v in key))
+        if len(m.cache) < 4 * SERIES_PER_METRIC_MAX:
+            m.cache[key] = sid
+        return sid
+
     def announce_all(self):
         with self._lock:
             items = list(enumerate(self._list))
@@ -120,7 +127,7 @@ class _SeriesRegistry:
 
 class _Metric:
     __slots__ = ("name", "type", "op", "expr", "labels", "value_fn", "label_names",
-                 "label_fns", "sid", "error_key")
+                 "label_fns", "sid", "cache")
 
     def __init__(self, spec):
         if not isinstance(spec, dict):
@@ -148,9 +155,9 @@ class _Metric:
             self.labels.append((lab["name"], lab["expr"]))
         self.value_fn = None
         self.label_names = tuple(n for n, _ in self.labels)
-        self.label_fns = ()
+        self.label_fns = None  # one function returning the tuple of label values
         self.sid = None
-        self.error_key = None
+        self.cache = {}  # label values (str, untruncated) -> series id
 
     @property
     def static(self):
@@ -190,12 +197,13 @@ class _FullHook:
                 full = args + tuple([triple[i] for i in sp])
             first = []
             vals = []
-            reg = self.provider._series
             for m in self.metrics:
                 try:
-                    if m.label_fns:
-                        sid = reg.get(m.name, m.label_names,
-                                      tuple(_truncate(fn(*full), LABEL_VALUE_MAX) for fn in m.label_fns))
+                    if m.label_fns is not None:
+                        key = tuple(map(str, m.label_fns(*full)))
+                        sid = m.cache.get(key)
+                        if sid is None:
+                            sid = self.provider._series.get_for(m, key)
                     else:
                         sid = m.sid
                     if m.op == OP_OBSERVE_DURATION:
@@ -742,12 +750,13 @@ class Provider:
         exprs = self._exprs
         need_duration = False
         for m in metrics:
-            fns = []
-            for n, text in m.labels:
-                fn, used = exprs.compile_expr(text, params, "<msm label %s>" % n)
+            if m.labels:
+                try:
+                    m.label_fns, used = exprs.compile_tuple([t for _, t in m.labels], params,
+                                                            "<msm labels %s>" % m.name)
+                except exprs.ExprError as e:
+                    raise ValueError("metric %s label: %s" % (m.name, e)) from None
                 need_duration |= "duration" in used
-                fns.append(fn)
-            m.label_fns = tuple(fns)
             if m.expr:
                 try:
                     m.value_fn, used = exprs.compile_expr(m.expr, params, "<msm expr %s>" % m.name)

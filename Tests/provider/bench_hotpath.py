@@ -1,0 +1,81 @@
+"""Hot-path cost of an instrumented call (no uprobe attached: msm_emit is a nop).
+
+    python3 Tests/provider/bench_hotpath.py [path/to/dir/with/_msm_probe.abi3.so]
+
+Builds the extension into a temp dir when no directory is given. Prints ns per
+call: plain, timer-only probe, static (timer + counter), and a probe with one
+histogram expression and one label expression.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import timeit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from conftest import PROVIDER, build_native  # noqa: E402
+
+
+def main():
+    d = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
+    if not os.path.exists(os.path.join(d, "_msm_probe.abi3.so")):
+        build_native(d)
+    sys.path[:0] = [d, PROVIDER]
+    import _msm_probe
+    from msm_provider import Provider
+
+    ns = {}
+    exec("class Engine:\n"
+         "    def __init__(self):\n        self.running = [1, 2, 3]\n"
+         "    def step(self, n):\n        return n\n"
+         "def plain(n):\n    return n\n", ns)
+    mod = type(sys)("benchtarget")
+    mod.__dict__.update(ns)
+    for v in ns.values():
+        if hasattr(v, "__module__"):
+            v.__module__ = "benchtarget"
+    sys.modules["benchtarget"] = mod
+
+    cdir = tempfile.mkdtemp()
+    os.chmod(cdir, 0o755)
+    path = os.path.join(cdir, "control.json")
+    p = Provider(native=_msm_probe, control_path=path, semaphore=lambda: 1, vllm_version=None)
+    e = mod.Engine()
+    n = 2_000_000
+    out = {}
+
+    def bench(label, stmt):
+        best = min(timeit.repeat(stmt, globals={"e": e, "plain": mod.plain}, number=n, repeat=5))
+        out[label] = best / n * 1e9
+
+    bench("plain function", "plain(1)")
+    bench("plain method", "e.step(1)")
+    configs = {
+        "timer-only": [{"name": "d", "type": "timer", "labels": []}],
+        "timer+counter (static)": [{"name": "d", "type": "timer", "labels": []},
+                                   {"name": "c", "type": "counter", "labels": []}],
+        "timer+histogram expr+label expr": [
+            {"name": "d", "type": "timer", "labels": [{"name": "phase", "expr": "'a' if n else 'b'"}]},
+            {"name": "h", "type": "histogram", "expr": "len(self.running)", "labels": []}],
+    }
+    gen = 0
+    for label, metrics in configs.items():
+        gen += 1
+        with open(path, "w") as f:
+            json.dump({"abi": 1, "generation": gen, "enabled": True, "probes": [
+                {"id": 0, "symbol": "benchtarget:Engine.step", "metrics": metrics},
+                {"id": 1, "symbol": "benchtarget:plain", "metrics": metrics}]}, f)
+        p.poll_once()
+        assert p.status()["probes"][0][0] == "active", p.status()
+        bench(label + " (method)", "e.step(1)")
+        bench(label + " (function)", "plain(1)")
+    p.stop()
+    print("Python %s" % sys.version.split()[0])
+    for k, v in out.items():
+        print("  %-48s %7.0f ns/call" % (k, v))
+
+
+if __name__ == "__main__":
+    main()
