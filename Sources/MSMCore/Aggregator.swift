@@ -283,6 +283,16 @@ public actor Aggregator {
         }
     }
 
+    // MARK: - queries
+
+    /// Last control-file generation each live process acknowledged (processes that have
+    /// not acknowledged any are absent). Cheap: for polling while waiting for acks.
+    public func acknowledgedGenerations() -> [Int32: UInt64] {
+        var out: [Int32: UInt64] = [:]
+        for (pid, p) in processes { if let a = p.lastAck { out[pid] = a.generation } }
+        return out
+    }
+
     // MARK: - snapshot
 
     /// A consistent copy of everything the renderer and `status` need.

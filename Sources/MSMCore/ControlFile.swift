@@ -39,6 +39,9 @@ public struct ControlFile: Codable, Sendable, Equatable {
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return try enc.encode(self)
     }
+
+    /// Same as `jsonData()`.
+    public func encoded() throws -> Data { try jsonData() }
 }
 
 public struct ControlProbe: Codable, Sendable, Equatable {
