@@ -12,9 +12,6 @@ public enum PrometheusNumber {
         return v.description
     }
 
-    /// Formats an unsigned count.
-    public static func format(_ v: UInt64) -> String { String(v) }
-
     /// Bucket bounds (`le` label values) the way Python's `prometheus_client` writes them
     /// (`0.005`, `1.0`, `+Inf`), as the reference tool did: dashboards and recording rules
     /// that select `le="1.0"` keep matching.
