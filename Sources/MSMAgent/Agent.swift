@@ -35,6 +35,8 @@ public actor Agent {
     private var watchAll = false
     private var targets: [Int32: Target] = [:]
     private var stopRequested: (@Sendable () -> Void)?
+    private var lastScrapeSeconds: Double?
+    private var configured = false
 
     public init(settings: Settings, collector: BPFCollector, logger: Logger) throws {
         self.settings = settings
@@ -42,11 +44,19 @@ public actor Agent {
         self.logger = logger
         configSource = settings.configSource
         config = try Agent.loadConfig(settings.configSource, defaultText: settings.defaultConfigText)
-        aggregator = Aggregator(config: config)
+        aggregator = Aggregator()
+        lastScrapeSeconds = nil
     }
 
     /// Called by `off` once providers have restored their functions: stops the service.
     public func onStop(_ action: @escaping @Sendable () -> Void) { stopRequested = action }
+
+    /// Gives the aggregator its first config; call once before ingesting.
+    public func start() async {
+        guard !configured else { return }
+        configured = true
+        await aggregator.configure(config)
+    }
 
     // MARK: - Commands
 
@@ -130,26 +140,35 @@ public actor Agent {
     }
 
     public func status() async -> ControlResponse {
-        await aggregator.setKernelStats(collector.kernelStats())
+        await updateKernelStats()
         let snapshot = await aggregator.snapshot()
         let report = StatusReport(
-            agentPid: getpid(), listen: settings.listen, config: configSource.description, generation: generation,
-            snapshot: snapshot, config: config,
+            snapshot: snapshot,
+            agent: AgentFacts(pid: getpid(), listen: settings.listen, configPath: configSource.description,
+                              generation: generation),
             targets: targets.values.sorted { $0.pid < $1.pid }.map(\.statusFacts))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let json = (try? encoder.encode(report)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        return ControlResponse(exitCode: 0, lines: report.humanReadable().split(separator: "\n").map(String.init),
+        let json = (try? report.jsonData()).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return ControlResponse(exitCode: 0, lines: report.renderTable().split(separator: "\n").map(String.init),
                                statusJSON: json)
     }
 
     public func render() async -> String {
         let start = ContinuousClock.now
-        await aggregator.setKernelStats(collector.kernelStats())
-        await aggregator.setTargetCount(targets.values.filter { $0.state == .attached }.count)
-        let text = await aggregator.renderPrometheus()
-        await aggregator.recordScrapeDuration(ContinuousClock.now - start)
+        await updateKernelStats()
+        let snapshot = await aggregator.snapshot()
+        let context = PrometheusRenderer.Context(
+            version: AgentVersion.version, targets: targets.values.filter { $0.state == .attached }.count,
+            previousScrapeDuration: lastScrapeSeconds)
+        let text = PrometheusRenderer.render(snapshot, context: context)
+        let elapsed = ContinuousClock.now - start
+        lastScrapeSeconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return text
+    }
+
+    private func updateKernelStats() async {
+        let stats = collector.kernelStats()
+        await aggregator.setKernelStats(hits: stats.hits, drops: stats.drops, truncated: stats.truncated,
+                                        readErrors: stats.readErrors)
     }
 
     // MARK: - Targets
@@ -296,7 +315,7 @@ public actor Agent {
     private func publishControlFile() throws {
         generation += 1
         let file = ControlFile(config: config, generation: generation, enabled: enabled, agentPid: getpid())
-        try settings.runtime.writeControlFile(try file.encoded())
+        try settings.runtime.writeControlFile(try file.jsonData())
     }
 
     static func loadConfig(_ source: ConfigSource, defaultText: String) throws -> SymbolConfig {
@@ -309,7 +328,7 @@ public actor Agent {
 
 /// One process the agent looks after.
 struct Target: Sendable {
-    enum State: String, Sendable { case attached, noProvider = "no_provider", exited, error }
+    typealias State = TargetState
 
     let pid: Int32
     let startTime: UInt64
@@ -330,8 +349,8 @@ struct Target: Sendable {
         self.dp = dp
     }
 
-    var statusFacts: StatusReport.TargetFacts {
-        StatusReport.TargetFacts(pid: pid, state: state.rawValue, role: role.role, dp: dp, title: title,
-                                 provider: libraryPath == nil ? "none" : "exec", detail: detail)
+    var statusFacts: TargetFacts {
+        TargetFacts(pid: pid, state: state, role: role.role, title: title,
+                    provider: libraryPath == nil ? nil : "exec", dp: dp, detail: detail)
     }
 }

@@ -19,6 +19,7 @@ public enum AgentDaemon {
         try runtime.installProvider()
         let collector = try BPFCollector(objectBytes: Artifacts.bpfObject)
         let agent = try Agent(settings: settings, collector: collector, logger: logger)
+        await agent.start()
 
         let pipe = EventPipe()
         let reader = try collector.startReading(sink: pipe)
@@ -64,7 +65,7 @@ struct AgentService: Service {
                 try? await Task.sleep(for: .milliseconds(250))
             }
         }
-        let response = await agent.off()
-        for line in response.lines { logger.info("\(line)") }
+        let released = await agent.off()
+        for line in released.lines { logger.info("\(line)") }
     }
 }

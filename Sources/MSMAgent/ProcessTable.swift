@@ -17,7 +17,7 @@ public enum ProcessTable {
     }
 
     public static func facts(_ pid: Int32) -> ProcessFacts? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        guard let stat = readProcFile("/proc/\(pid)/stat"),
               let close = stat.lastIndex(of: ")") else { return nil }
         // Fields after "(comm)": state ppid ... starttime is field 22 overall, 20th after comm.
         let rest = stat[stat.index(after: close)...].split(separator: " ")
@@ -28,12 +28,12 @@ public enum ProcessTable {
     /// The process title: /proc/PID/cmdline (which setproctitle rewrites, e.g.
     /// "VLLM::EngineCore_DP1"), falling back to comm.
     public static func title(_ pid: Int32) -> String {
-        if let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty {
+        if let data = readProcBytes("/proc/\(pid)/cmdline"), !data.isEmpty {
             let parts = data.split(separator: 0, omittingEmptySubsequences: true)
             let text = parts.map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
             if !text.isEmpty { return String(text.prefix(200)) }
         }
-        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? ""
+        let comm = readProcFile("/proc/\(pid)/comm") ?? ""
         return comm.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
@@ -60,7 +60,7 @@ public enum ProcessTable {
     /// The path (as the process sees it) of the mapped provider library, if the process has
     /// the provider loaded.
     public static func providerLibrary(of pid: Int32, fileName: String = "_msm_probe.abi3.so") -> String? {
-        guard let maps = try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) else { return nil }
+        guard let maps = readProcFile("/proc/\(pid)/maps") else { return nil }
         for line in maps.split(separator: "\n") where line.hasSuffix(fileName) || line.hasSuffix(fileName + " (deleted)") {
             guard let slash = line.firstIndex(of: "/") else { continue }
             var path = String(line[slash...])
@@ -69,4 +69,25 @@ public enum ProcessTable {
         }
         return nil
     }
+}
+
+/// Reads a /proc file to its end. /proc files report a size of 0, so readers that trust
+/// stat's size (or read one page) see nothing or a prefix; this loops until EOF.
+func readProcBytes(_ path: String, limit: Int = 64 << 20) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var result: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while result.count < limit {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0, errno == EINTR { continue }
+        if count <= 0 { break }
+        result.append(contentsOf: chunk[0..<count])
+    }
+    return result
+}
+
+func readProcFile(_ path: String) -> String? {
+    readProcBytes(path).map { String(decoding: $0, as: UTF8.self) }
 }
