@@ -133,9 +133,10 @@ public actor Agent {
                 "pid \($0): no acknowledgement; its provider restores itself when the probe is detached"
             }
         }
+        let released = targets.values.filter { $0.link != nil }.count
         detachAll()
         try? FileManager.default.removeItem(atPath: settings.runtime.controlFile)
-        lines.append("ms-service-metric: off (\(targets.values.filter { $0.link != nil || $0.state == .attached }.count) targets released)")
+        lines.append("ms-service-metric: off (\(released) targets released)")
         return ControlResponse(exitCode: 0, lines: lines)
     }
 
@@ -152,14 +153,14 @@ public actor Agent {
                                statusJSON: json)
     }
 
-    public func render() async -> String {
+    public func render(format: PrometheusRenderer.Format = .text004) async -> String {
         let start = ContinuousClock.now
         await updateKernelStats()
         let snapshot = await aggregator.snapshot()
         let context = PrometheusRenderer.Context(
             version: AgentVersion.version, targets: targets.values.filter { $0.state == .attached }.count,
             previousScrapeDuration: lastScrapeSeconds)
-        let text = PrometheusRenderer.render(snapshot, context: context)
+        let text = PrometheusRenderer.render(snapshot, context: context, format: format)
         let elapsed = ContinuousClock.now - start
         lastScrapeSeconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return text

@@ -10,6 +10,8 @@ import ServiceLifecycle
 public enum AgentDaemon {
     public static func run(settings: Agent.Settings, initialPids: [Int32], logger: Logger) async throws {
         let runtime = settings.runtime
+        // Peers of the control socket and of HTTP may vanish mid-write; never die of SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
         try runtime.prepare()
         if ControlSocketClient.isListening(runtime.socket) {
             throw RuntimeError("an agent is already running (\(runtime.socket)); use `ms-service-metric status` or `off`")
@@ -28,7 +30,7 @@ public enum AgentDaemon {
             for await batch in pipe.batches { await aggregator.ingest(batch) }
         }
 
-        let http = MetricsHTTPServer.make(address: address, logger: logger) { await agent.render() }
+        let http = MetricsHTTPServer.make(address: address, logger: logger) { await agent.render(format: $0) }
         let service = AgentService(agent: agent, initialPids: initialPids, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: http), .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],

@@ -58,8 +58,9 @@ public final class ControlSocketServer: @unchecked Sendable {
             writeLine(client, ControlResponse(exitCode: 1, lines: ["ms-service-metric: must run as root (try sudo)"]))
             return
         }
-        guard let line = readLine(client),
-              let request = try? JSONDecoder().decode(ControlRequest.self, from: line) else {
+        // A peer that connects and closes without a request (`isListening` probes) gets no answer.
+        guard let line = readLine(client) else { return }
+        guard let request = try? JSONDecoder().decode(ControlRequest.self, from: line) else {
             writeLine(client, ControlResponse(exitCode: 2, lines: ["ms-service-metric: malformed control request"]))
             return
         }
@@ -138,7 +139,8 @@ private func writeAll(_ fd: Int32, _ data: Data) -> Bool {
     data.withUnsafeBytes { raw in
         var offset = 0
         while offset < raw.count {
-            let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
+            // MSG_NOSIGNAL: a client that went away must not kill the agent with SIGPIPE.
+            let written = send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
             if written < 0, errno == EINTR { continue }
             if written <= 0 { return false }
             offset += written

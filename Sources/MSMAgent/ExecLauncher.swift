@@ -21,9 +21,20 @@ public enum ExecLauncher {
         for (key, value) in environment(providerDirectory: provider, controlFile: runtime.controlFile) {
             setenv(key, value, 1)
         }
+        resetSignalsForExec()
         var argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) }
         argv.append(nil)
         execvp(program, &argv)
         throw RuntimeError("cannot run \(program): \(String(cString: strerror(errno)))")
     }
+}
+
+/// The signal mask and ignored signals survive execve. Threads of the Swift runtime block most
+/// signals and ignore SIGPIPE; a command started from such a state would never see SIGTERM.
+/// Give it what a shell would: nothing blocked, SIGPIPE at its default.
+func resetSignalsForExec() {
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    pthread_sigmask(SIG_SETMASK, &empty, nil)
+    signal(SIGPIPE, SIG_DFL)
 }

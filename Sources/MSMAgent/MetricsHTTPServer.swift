@@ -1,5 +1,6 @@
 import Hummingbird
 import Logging
+import MSMCore
 
 /// The agent's HTTP endpoint: `/metrics` (Prometheus text 0.0.4) and a landing page at `/`.
 /// Read-only: nothing reachable over the network changes what the agent does.
@@ -23,14 +24,13 @@ public enum MetricsHTTPServer {
         public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
     }
 
-    public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
-
     public static func make(address: Address, logger: Logger,
-                            render: @escaping @Sendable () async -> String) -> some ApplicationProtocol {
+                            render: @escaping @Sendable (PrometheusRenderer.Format) async -> String) -> some ApplicationProtocol {
         let router = Router()
-        router.get("/metrics") { _, _ -> Response in
-            let text = await render()
-            return Response(status: .ok, headers: [.contentType: contentType],
+        router.get("/metrics") { request, _ -> Response in
+            let format = PrometheusRenderer.Format.negotiate(accept: request.headers[.accept])
+            let text = await render(format)
+            return Response(status: .ok, headers: [.contentType: format.contentType],
                             body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         router.get("/") { _, _ -> Response in

@@ -12,8 +12,9 @@ public struct ProcessFacts: Sendable, Equatable {
 
 /// Reads the process tree from /proc.
 public enum ProcessTable {
+    /// True for a live process; a zombie (exited, not yet reaped by its parent) is gone.
     public static func exists(_ pid: Int32) -> Bool {
-        FileManager.default.fileExists(atPath: "/proc/\(pid)/stat")
+        facts(pid) != nil
     }
 
     public static func facts(_ pid: Int32) -> ProcessFacts? {
@@ -22,6 +23,8 @@ public enum ProcessTable {
         // Fields after "(comm)": state ppid ... starttime is field 22 overall, 20th after comm.
         let rest = stat[stat.index(after: close)...].split(separator: " ")
         guard rest.count > 19, let parent = Int32(rest[1]), let start = UInt64(rest[19]) else { return nil }
+        // Z: zombie, X: dead — the process has exited even though its /proc entry remains.
+        guard rest[0] != "Z", rest[0] != "X" else { return nil }
         return ProcessFacts(pid: pid, parent: parent, startTime: start, title: title(pid))
     }
 

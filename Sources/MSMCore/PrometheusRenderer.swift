@@ -3,13 +3,30 @@
 /// - Families sorted by name; series sorted by labels; labels sorted by name (`le` last).
 /// - Config metrics are exposed as `vllm_profiling_<name>` with colons kept, as the reference
 ///   tool did, so existing dashboards keep working.
-/// - Counters keep the configured name as is, without appending `_total`: format 0.0.4
-///   does not require the suffix, and the reference tool's dashboards query the bare names
-///   (e.g. `vllm_profiling_scheduler:recompute_events`). `promtool check metrics` lints
-///   this (and the colons) as style problems, not errors. Our own counters do end in `_total`.
+/// - Counters are exposed as `<name>_total` (unless the name already ends in `_total`),
+///   exactly as the reference tool's `prometheus_client` wrote them, so dashboards querying
+///   `vllm_profiling_rpc_errors_total` keep working. In OpenMetrics the family (`# TYPE`)
+///   is the bare name and the sample carries `_total`, as that format requires.
+/// - `Format.openMetrics` (chosen by the HTTP layer from `Accept`) ends with `# EOF`.
 /// - Timers and histograms: cumulative `_bucket` series ending in `le="+Inf"`, `_sum`, `_count`.
 public enum PrometheusRenderer {
     public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+    public static let openMetricsContentType = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+    public enum Format: Sendable {
+        case text004
+        case openMetrics
+
+        /// OpenMetrics when the scraper asks for it (Prometheus does), else text 0.0.4.
+        public static func negotiate(accept: String?) -> Format {
+            guard let accept, accept.contains("application/openmetrics-text") else { return .text004 }
+            return .openMetrics
+        }
+
+        public var contentType: String {
+            self == .openMetrics ? PrometheusRenderer.openMetricsContentType : PrometheusRenderer.contentType
+        }
+    }
     public static let selfPrefix = "ms_service_metric_"
 
     /// Agent-side facts that are not in the aggregator.
@@ -27,7 +44,8 @@ public enum PrometheusRenderer {
         }
     }
 
-    public static func render(_ snapshot: AggregatorSnapshot, context: Context = Context()) -> String {
+    public static func render(_ snapshot: AggregatorSnapshot, context: Context = Context(),
+                              format: Format = .text004) -> String {
         var out = ""
         out.reserveCapacity(256 + snapshot.seriesCount * 160)
         var families = selfFamilies(snapshot, context)
@@ -35,11 +53,18 @@ public enum PrometheusRenderer {
         families.sort { $0.name < $1.name }
         for f in families {
             switch f {
-            case .config(let fam): renderConfig(fam, into: &out)
-            case .simple(let s): renderSimple(s, into: &out)
+            case .config(let fam): renderConfig(fam, format: format, into: &out)
+            case .simple(let s): renderSimple(s, format: format, into: &out)
             }
         }
+        if format == .openMetrics { out += "# EOF\n" }
         return out
+    }
+
+    /// Counter naming: (family name for HELP/TYPE, sample name).
+    static func counterNames(_ name: String, format: Format) -> (family: String, sample: String) {
+        let base = name.hasSuffix("_total") ? String(name.dropLast("_total".count)) : name
+        return (format == .openMetrics ? base : base + "_total", base + "_total")
     }
 
     // MARK: - families
@@ -50,7 +75,9 @@ public enum PrometheusRenderer {
 
         var name: String {
             switch self {
-            case .config(let f): return exposedMetricPrefix + f.definition.name
+            case .config(let f):
+                let name = exposedMetricPrefix + f.definition.name
+                return f.definition.type == .counter ? counterNames(name, format: .text004).family : name
             case .simple(let s): return s.name
             }
         }
@@ -63,9 +90,16 @@ public enum PrometheusRenderer {
         var samples: [(labels: [Label], value: Double)]
     }
 
-    static func renderConfig(_ fam: MetricFamilySnapshot, into out: inout String) {
-        let name = exposedMetricPrefix + fam.definition.name
-        header(name: name, type: fam.definition.type.prometheusType, help: fam.definition.help, into: &out)
+    static func renderConfig(_ fam: MetricFamilySnapshot, format: Format, into out: inout String) {
+        var name = exposedMetricPrefix + fam.definition.name
+        if fam.definition.type == .counter {
+            let names = counterNames(name, format: format)
+            header(name: names.family, type: "counter", help: fam.definition.help, format: format, into: &out)
+            name = names.sample
+        } else {
+            header(name: name, type: fam.definition.type.prometheusType, help: fam.definition.help, format: format,
+                   into: &out)
+        }
         let bounds = fam.definition.buckets.map { PrometheusNumber.formatBound($0) }
         for s in fam.series {
             switch s.value {
@@ -112,10 +146,17 @@ public enum PrometheusRenderer {
         }
     }
 
-    static func renderSimple(_ f: SimpleFamily, into out: inout String) {
-        header(name: f.name, type: f.type, help: f.help, into: &out)
+    static func renderSimple(_ f: SimpleFamily, format: Format, into out: inout String) {
+        var sampleName = f.name
+        if f.type == "counter" {
+            let names = counterNames(f.name, format: format)
+            header(name: names.family, type: f.type, help: f.help, format: format, into: &out)
+            sampleName = names.sample
+        } else {
+            header(name: f.name, type: f.type, help: f.help, format: format, into: &out)
+        }
         for s in f.samples {
-            out += f.name
+            out += sampleName
             labelBlock(s.labels, into: &out)
             out += " "
             out += PrometheusNumber.format(s.value)
@@ -123,11 +164,24 @@ public enum PrometheusRenderer {
         }
     }
 
-    static func header(name: String, type: String, help: String, into out: inout String) {
+    static func header(name: String, type: String, help: String, format: Format = .text004,
+                       into out: inout String) {
         out += "# HELP "
         out += name
         out += " "
-        escapeHelp(help, into: &out)
+        if format == .openMetrics {
+            // OpenMetrics escapes double quotes in HELP as well.
+            for ch in help.unicodeScalars {
+                switch ch {
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\"": out += "\\\""
+                default: out.unicodeScalars.append(ch)
+                }
+            }
+        } else {
+            escapeHelp(help, into: &out)
+        }
         out += "\n# TYPE "
         out += name
         out += " "

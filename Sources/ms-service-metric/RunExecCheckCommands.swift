@@ -31,18 +31,25 @@ struct Run: AsyncParsableCommand {
     }
 }
 
-struct Exec: AsyncParsableCommand {
+// Synchronous, so that it runs on the main thread: the command inherits this thread's state.
+struct Exec: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a command with the provider preloaded and dormant; `on` wakes it.")
 
     @Argument(parsing: .captureForPassthrough, help: "The command, e.g. -- vllm serve MODEL")
     var command: [String] = []
 
-    func run() async throws {
-        try await withCLIErrors {
+    func run() throws {
+        do {
             try requireRoot()
             let arguments = command.first == "--" ? Array(command.dropFirst()) : command
             try ExecLauncher.exec(command: arguments, runtime: RuntimeDirectory())
+        } catch let fatal as Fatal {
+            printErr(fatal.description)
+            throw ExitCode(fatal.code)
+        } catch {
+            printErr("ms-service-metric: \(error)")
+            throw ExitCode(1)
         }
     }
 }

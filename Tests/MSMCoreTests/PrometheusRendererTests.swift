@@ -30,10 +30,10 @@ final class PrometheusRendererTests: XCTestCase {
         let vllm = text.split(separator: "\n", omittingEmptySubsequences: false)
             .filter { $0.contains("vllm_profiling_") }.joined(separator: "\n")
         XCTAssertEqual(vllm, #"""
-        # HELP vllm_profiling_calls counter calls from svc:work
-        # TYPE vllm_profiling_calls counter
-        vllm_profiling_calls{dp="0",phase="a"} 0.5
-        vllm_profiling_calls{dp="0",phase="de\"c\\o\nde"} 1
+        # HELP vllm_profiling_calls_total counter calls from svc:work
+        # TYPE vllm_profiling_calls_total counter
+        vllm_profiling_calls_total{dp="0",phase="a"} 0.5
+        vllm_profiling_calls_total{dp="0",phase="de\"c\\o\nde"} 1
         # HELP vllm_profiling_queue gauge queue from svc:work
         # TYPE vllm_profiling_queue gauge
         vllm_profiling_queue{dp="-1"} -2.25
@@ -109,7 +109,7 @@ final class PrometheusRendererTests: XCTestCase {
 
     /// Pipes the exposition through `promtool check metrics` (Prometheus' own parser and
     /// linter). Parse errors fail; of the lint findings only the two deliberate ones are
-    /// allowed for `vllm_profiling_` families: colons in names and counters without `_total`.
+    /// allowed for `vllm_profiling_` families: colons in names (kept from the reference tool).
     func testPromtoolAcceptsOutput() async throws {
         guard let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].first(where: {
             FileManager.default.isExecutableFile(atPath: $0)
@@ -132,13 +132,25 @@ final class PrometheusRendererTests: XCTestCase {
         let text = PrometheusRenderer.render(await agg.snapshot(), context: .init(targets: 1, previousScrapeDuration: 0.01))
         let (status, output) = try run(promtool, ["check", "metrics"], stdin: text)
         XCTAssertTrue(status == 0 || status == 3, "promtool failed (\(status)): \(output)")
-        let allowed = ["metric names should not contain ':'", "counter metrics should have \"_total\" suffix"]
+        let allowed = ["metric names should not contain ':'"]
         for line in output.split(separator: "\n") where !line.isEmpty {
             XCTAssertTrue(line.hasPrefix("vllm_profiling_") && allowed.contains { line.hasSuffix($0) },
                           "unexpected promtool finding: \(line)")
         }
-        XCTAssertTrue(output.contains("vllm_profiling_scheduler:recompute_events counter metrics should have \"_total\" suffix"),
-                      "the lint check itself ran: \(output)")
+        XCTAssertTrue(output.contains("vllm_profiling_scheduler:recompute_events_total metric names should not contain ':'"),
+                      "the lint check itself ran and counters carry _total: \(output)")
+    }
+
+    /// OpenMetrics: counter families are named without `_total`, samples with it; `# EOF` ends.
+    func testOpenMetricsFormat() async {
+        let agg = Aggregator()
+        await agg.configure(F.config(F.yaml))
+        await agg.ingest([F.series(1, 1, "calls", ["phase": "a"]), F.sample(1, [(1, SampleOp.inc, 2)])])
+        let text = PrometheusRenderer.render(await agg.snapshot(), format: .openMetrics)
+        XCTAssertTrue(text.contains("# TYPE vllm_profiling_calls counter\n"), text)
+        XCTAssertTrue(text.contains("vllm_profiling_calls_total{dp=\"-1\",phase=\"a\"} 2\n"), text)
+        XCTAssertTrue(text.contains("# TYPE ms_service_metric_events counter\n"), text)
+        XCTAssertTrue(text.hasSuffix("# EOF\n"), text)
     }
 
     func run(_ path: String, _ args: [String], stdin: String) throws -> (Int32, String) {
