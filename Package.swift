@@ -48,6 +48,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/ms-service-metric"),
 
+        // Benchmarks of the user-space path (ingest, rendering): `swift run -c release msm-bench`.
+        .executableTarget(name: "msm-bench", dependencies: ["MSMCore"], path: "Sources/msm-bench"),
+
         .testTarget(name: "MSMCoreTests", dependencies: ["MSMCore"], path: "Tests/MSMCoreTests"),
     ]
 )
