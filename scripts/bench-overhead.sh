@@ -7,7 +7,7 @@
 #   scripts/bench-overhead.sh [--iters N] [--rounds R] [--no-agent]
 #
 # Environment: PYTHON (default pyenv 3.11.7), MSM_BIN (default
-# .build/debug/ms-service-metric), BENCH_VENV (default /tmp/msm-bench-venv-<ver>).
+# .build/release/ms-service-metric, else .build/debug/…), BENCH_VENV (default /tmp/msm-bench-venv-<ver>).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
@@ -26,6 +26,9 @@ if ! "$venv/bin/python" -c 'import prometheus_client' >/dev/null 2>&1; then
     fi
 fi
 
-export MSM_BIN="${MSM_BIN:-$repo/.build/debug/ms-service-metric}"
+# The agent as it runs in production: a release build when there is one (`swift build -c release`).
+default_bin="$repo/.build/release/ms-service-metric"
+[ -x "$default_bin" ] || default_bin="$repo/.build/debug/ms-service-metric"
+export MSM_BIN="${MSM_BIN:-$default_bin}"
 case "$MSM_BIN" in /*) ;; *) MSM_BIN="$repo/$MSM_BIN" ;; esac
 exec "$venv/bin/python" "$here/bench_overhead.py" --msm-bin "$MSM_BIN" "$@"

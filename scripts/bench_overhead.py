@@ -276,7 +276,15 @@ def cmd_orchestrate(args):
                     verdict += " (%.1fx less than reference)" % ((r_med - p_med) / added) if added > 0 else ""
                 rows.append(("ms-service-metric: on (timer)", o_med, min(on["per_call_ns"]), added,
                              "dormant", "<= %d" % TARGET_NS_ON, verdict))
-                seen = scrape_count(agent.listen)
+                # The agent may still be ingesting the burst: wait until the count settles.
+                seen, deadline = None, time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    now = scrape_count(agent.listen)
+                    if now == on["calls"] or (now == seen and now is not None):
+                        seen = now
+                        break
+                    seen = now
+                    time.sleep(0.5)
                 st = agent.status()
                 notes.append("agent: %s of %d calls counted in /metrics; drops=%s events=%s" % (
                     seen, on["calls"], st.get("drops"), st.get("events")))
