@@ -18,6 +18,12 @@ public enum ProcessTable {
     }
 
     public static func facts(_ pid: Int32) -> ProcessFacts? {
+        guard let stat = statFields(pid) else { return nil }
+        return ProcessFacts(pid: pid, parent: stat.parent, startTime: stat.startTime, title: title(pid))
+    }
+
+    /// Parent and start time from /proc/PID/stat; nil for a process that is gone or a zombie.
+    static func statFields(_ pid: Int32) -> (parent: Int32, startTime: UInt64)? {
         guard let stat = readProcFile("/proc/\(pid)/stat"),
               let close = stat.lastIndex(of: ")") else { return nil }
         // Fields after "(comm)": state ppid ... starttime is field 22 overall, 20th after comm.
@@ -25,7 +31,7 @@ public enum ProcessTable {
         guard rest.count > 19, let parent = Int32(rest[1]), let start = UInt64(rest[19]) else { return nil }
         // Z: zombie, X: dead — the process has exited even though its /proc entry remains.
         guard rest[0] != "Z", rest[0] != "X" else { return nil }
-        return ProcessFacts(pid: pid, parent: parent, startTime: start, title: title(pid))
+        return (parent, start)
     }
 
     /// The process title: /proc/PID/cmdline (which setproctitle rewrites, e.g.
@@ -49,7 +55,7 @@ public enum ProcessTable {
     public static func descendants(of roots: Set<Int32>) -> Set<Int32> {
         var children: [Int32: [Int32]] = [:]
         for pid in allPids() {
-            if let facts = facts(pid) { children[facts.parent, default: []].append(pid) }
+            if let stat = statFields(pid) { children[stat.parent, default: []].append(pid) }
         }
         var result = Set<Int32>()
         var queue = Array(roots.filter(exists))
