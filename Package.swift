@@ -24,6 +24,8 @@ let package = Package(
         .target(name: "CBPFShim", dependencies: ["CLibbpf", "CMSMABI"], path: "Sources/CBPFShim"),
         // POSIX calls Swift's Glibc module does not expose (SO_PEERCRED needs _GNU_SOURCE).
         .target(name: "CPosixShim", path: "Sources/CPosixShim"),
+        // ptrace injection of Python source into a running CPython 3.10-3.13 (x86-64).
+        .target(name: "CInjector", path: "Sources/CInjector"),
 
         // Builds bpf/*.bpf.c and the provider's native library with the toolchain's clang and
         // embeds them, with the provider's Python sources, into the agent binary.
@@ -36,7 +38,7 @@ let package = Package(
         .target(name: "MSMCore", dependencies: ["Yams", "CMSMABI"], path: "Sources/MSMCore"),
         // The agent: BPF loading and attach, target discovery, control socket, HTTP.
         .target(name: "MSMAgent", dependencies: [
-            "MSMCore", "MSMArtifacts", "CBPFShim", "CLibbpf", "CMSMABI", "CPosixShim",
+            "MSMCore", "MSMArtifacts", "CBPFShim", "CLibbpf", "CMSMABI", "CPosixShim", "CInjector",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

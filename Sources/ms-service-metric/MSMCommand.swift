@@ -12,7 +12,7 @@ struct MSMCommand: AsyncParsableCommand {
             their own port, without PROMETHEUS_MULTIPROC_DIR and at no cost when off.
             """,
         version: AgentVersion.version,
-        subcommands: [On.self, Off.self, Restart.self, Status.self, Run.self, Exec.self, CheckConfig.self]
+        subcommands: [On.self, Off.self, Restart.self, Status.self, Run.self, Exec.self, CheckConfig.self, DebugInject.self]
     )
 }
 

@@ -41,13 +41,19 @@ def _after_fork_child():
 def start(quiet=False, **kwargs):
     """Start the process-wide provider (dormant until the semaphore rises).
 
-    ``kwargs`` go to :class:`Provider` on first start (native, control_path,
-    semaphore, poll_interval, ...). Returns the Provider."""
+    ``kwargs`` go to :class:`Provider` on first start (native, native_path, control_path,
+    semaphore, poll_interval, origin, ...). Returns the Provider.
+
+    Injected bootstraps call ``start(quiet=True, control_path=..., native_path=...,
+    origin="injected")``; a second injection only restarts a poll thread that ended."""
     global _provider, _fork_registered
     try:
         with _start_lock:
             if _provider is None:
                 _provider = Provider(**kwargs)
+            elif (kwargs.get("control_path") and _provider.origin == "injected"
+                  and (_provider._thread is None or not _provider._thread.is_alive())):
+                _provider.control_path = kwargs["control_path"]
             if not _fork_registered and hasattr(os, "register_at_fork"):
                 os.register_at_fork(after_in_child=_after_fork_child)
                 _fork_registered = True

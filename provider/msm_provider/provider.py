@@ -41,19 +41,25 @@ METRIC_TYPES = {"timer": OP_OBSERVE_DURATION, "histogram": OP_OBSERVE,
                 "counter": OP_INC, "gauge": OP_SET}
 
 
-def load_native():
+def load_native(path=None):
     """Import the native extension ``_msm_probe``.
 
-    Looks on sys.path first, then in $MS_SERVICE_METRIC_PROVIDER."""
-    try:
-        import _msm_probe
-        return _msm_probe
-    except ImportError:
-        d = os.environ.get("MS_SERVICE_METRIC_PROVIDER")
-        if not d:
-            raise
+    ``path`` given (injected provider): exactly that file, nothing on sys.path.
+    Otherwise sys.path first, then $MS_SERVICE_METRIC_PROVIDER."""
+    if path is not None:
+        loaded = sys.modules.get("_msm_probe")
+        if loaded is not None:
+            return loaded
+    else:
+        try:
+            import _msm_probe
+            return _msm_probe
+        except ImportError:
+            d = os.environ.get("MS_SERVICE_METRIC_PROVIDER")
+            if not d:
+                raise
+        path = os.path.join(d, "_msm_probe.abi3.so")
     import importlib.util
-    path = os.path.join(d, "_msm_probe.abi3.so")
     spec = importlib.util.spec_from_file_location("_msm_probe", path)
     if spec is None:
         raise ImportError("cannot load %s" % path)
@@ -304,8 +310,11 @@ class Provider:
     (the ``_msm_probe`` module, or a test double)."""
 
     def __init__(self, native=None, control_path=None, semaphore=None, poll_interval=0.25,
-                 vllm_version=None, detect_vllm=True, log=None):
-        self.native = native if native is not None else load_native()
+                 vllm_version=None, detect_vllm=True, log=None, native_path=None, origin="exec"):
+        self.native = native if native is not None else load_native(native_path)
+        # "exec" (preloaded by `ms-service-metric exec`) or "injected" (ptrace): an injected
+        # provider stops its thread too when the agent disables it or goes away.
+        self.origin = origin
         self.control_path = control_path or _control.control_path()
         self._semaphore = semaphore or self.native.semaphore
         self.poll_interval = poll_interval
@@ -428,7 +437,7 @@ class Provider:
             "title": self._title(), "comm": comm,
             "vllm_version": self._vllm_version,
             "provider_version": PROVIDER_VERSION, "abi": ABI_VERSION,
-            "generation": generation,
+            "generation": generation, "origin": self.origin,
         })
 
     def _send_probe(self, p):
@@ -463,6 +472,15 @@ class Provider:
                 self._restore_all()
                 self._instrumented = False
                 self._applied_generation = None
+
+    def _retire(self):
+        """Injected provider released by the agent: the poll thread ends (after the
+        restore, under the lock). A later injection's start() starts a new one."""
+        if self.origin == "injected":
+            self._attached = False  # a restarted thread begins dormant
+            self._stop.set()
+            if self._thread is threading.current_thread():
+                self._thread = None
 
     def _run(self):
         stop = self._stop
@@ -501,8 +519,11 @@ class Provider:
                     self._instrumented = False
                     self._applied_generation = None
                     self._applied_enabled = None
+                    was_attached = self._attached
                     self._attached = False
                     self._control_sig = None
+                    if was_attached:
+                        self._retire()
             return
         if not self._attached:
             self._attached = True
@@ -572,6 +593,7 @@ class Provider:
                 self._send_ack()
                 self._send({"type": "bye", "reason": "disabled" if abi == ABI_VERSION
                             else "unsupported abi %r" % (abi,)})
+                self._retire()
                 return
             self._series.announce_all()
             specs = doc.get("probes") or []

@@ -1,0 +1,202 @@
+import CInjector
+import Foundation
+import MSMArtifacts
+
+/// What one live injection did (see Sources/CInjector/include/CInjector.h).
+public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
+    public enum Layout: String, Sendable, Encodable {
+        case shared = "shared libpython", staticExecutable = "static executable", unknown
+    }
+
+    public let pid: Int32
+    public let code: Int32
+    public let message: String
+    public let pythonVersion: String
+    public let layout: Layout
+    public let objectPath: String
+    /// PyRun_SimpleString's return value: 0 ok, -1 the code raised, -2 not called.
+    public let pyRunResult: Int32
+    public let thread: Int32
+    public let threads: Int
+    public let safePointHits: Int
+    public let waitMilliseconds: Double
+    public let heldMilliseconds: Double
+    public let totalMilliseconds: Double
+    /// Set by `injectProvider`: the provider's native library is mapped in the target.
+    public var providerLoaded: Bool?
+    /// Set by `injectProvider`: how the provider files reached the target.
+    public var placement: String?
+
+    public var succeeded: Bool { code == Int32(MSM_INJECT_OK.rawValue) }
+
+    public var description: String {
+        var text = "pid \(pid): \(message)"
+        if succeeded {
+            text += String(format: "; %d threads, safe point after %.1f ms, thread held %.1f ms, total %.1f ms",
+                           threads, waitMilliseconds, heldMilliseconds, totalMilliseconds)
+        }
+        if let loaded = providerLoaded {
+            text += loaded ? "; provider loaded" : "; provider NOT loaded (see the target's stderr)"
+        }
+        return text
+    }
+
+    init(pid: Int32, result r: msm_inject_result) {
+        var copy = r
+        func text<T>(_ field: inout T) -> String {
+            withUnsafeBytes(of: &field) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+        }
+        self.pid = pid
+        code = r.error
+        message = text(&copy.message)
+        pythonVersion = text(&copy.python_version)
+        objectPath = text(&copy.object_path)
+        switch r.layout {
+        case Int32(MSM_LAYOUT_SHARED.rawValue): layout = .shared
+        case Int32(MSM_LAYOUT_STATIC.rawValue): layout = .staticExecutable
+        default: layout = .unknown
+        }
+        pyRunResult = r.pyrun_result
+        thread = r.thread
+        threads = Int(r.threads)
+        safePointHits = Int(r.safe_point_hits)
+        waitMilliseconds = r.wait_ms
+        heldMilliseconds = r.held_ms
+        totalMilliseconds = r.total_ms
+    }
+}
+
+public struct InjectionError: Error, CustomStringConvertible {
+    public let report: InjectionReport
+    public var description: String { report.message }
+    /// Nothing was changed in the target (refusals, timeout before the safe point).
+    public var targetUntouched: Bool { report.pyRunResult == -2 }
+}
+
+/// Live injection into an already running, unprepared CPython 3.10-3.13 process (ptrace).
+public enum Injector {
+    /// Runs `source` with PyRun_SimpleString in a thread of `pid` stopped at a safe point.
+    /// Throws InjectionError (with the report) for every refusal and failure, including a
+    /// Python exception in `source` (PyRun_SimpleString returned -1).
+    public static func inject(pid: Int32, source: String, timeout: Duration) throws -> InjectionReport {
+        let parts = timeout.components
+        let ms = max(1, min(Int64(Int32.max), parts.seconds * 1000 + parts.attoseconds / 1_000_000_000_000_000))
+        var result = msm_inject_result()
+        _ = source.withCString { msm_inject_python(pid, $0, Int32(ms), &result) }
+        let report = InjectionReport(pid: pid, result: result)
+        guard report.succeeded else { throw InjectionError(report: report) }
+        return report
+    }
+
+    /// Installed provider → placed in the target's mount namespace if needed → injected;
+    /// then waits (bounded) until the provider's native library is mapped in the target.
+    public static func injectProvider(pid: Int32, providerDirectory: String, controlFile: String,
+                                      timeout: Duration,
+                                      loadTimeout: Duration = .seconds(3)) throws -> InjectionReport {
+        var check = msm_inject_result()
+        msm_inject_check(pid, &check)
+        let preflight = InjectionReport(pid: pid, result: check)
+        guard preflight.succeeded else { throw InjectionError(report: preflight) }
+        let placement = try ProviderPlacement.place(providerDirectory: providerDirectory, forPid: pid,
+                                                    files: Artifacts.providerFiles)
+        var report = try inject(pid: pid, source: bootstrapSource(providerDirectory: providerDirectory,
+                                                                  controlFile: controlFile),
+                                timeout: timeout)
+        report.placement = placement.rawValue
+        let deadline = ContinuousClock.now + loadTimeout
+        var loaded = providerMapped(pid: pid)
+        while !loaded && ContinuousClock.now < deadline {
+            usleep(10_000)
+            loaded = providerMapped(pid: pid)
+        }
+        report.providerLoaded = loaded
+        return report
+    }
+
+    /// Is the provider's native library (`_msm_probe.abi3.so`) mapped in pid?
+    public static func providerMapped(pid: Int32) -> Bool {
+        guard let maps = readProcFile("/proc/\(pid)/maps") else { return false }
+        return maps.contains("/_msm_probe.abi3.so")
+    }
+
+    /// The Python source the injection runs: ONE expression statement that binds no name in
+    /// `__main__`. It only starts a daemon thread (`msm-inject`) and returns, so the
+    /// hijacked thread runs a few bytecodes; the thread loads the provider package straight
+    /// from `providerDirectory` (nothing added to sys.path; an already loaded provider, e.g.
+    /// from `exec`, is reused) and starts it with `origin="injected"`. Every exception is
+    /// caught; a KeyboardInterrupt that lands in it is re-raised in the main thread later.
+    public static func bootstrapSource(providerDirectory: String, controlFile: String) -> String {
+        let inner = """
+            def _msm_boot(d, control):
+                import os, sys
+                try:
+                    m = sys.modules.get('msm_provider')
+                    if m is None or not hasattr(m, 'start'):
+                        import importlib.util
+                        pkg = os.path.join(d, 'msm_provider')
+                        spec = importlib.util.spec_from_file_location(
+                            'msm_provider', os.path.join(pkg, '__init__.py'),
+                            submodule_search_locations=[pkg])
+                        m = importlib.util.module_from_spec(spec)
+                        sys.modules['msm_provider'] = m
+                        try:
+                            spec.loader.exec_module(m)
+                        except BaseException:
+                            for k in [k for k in sys.modules
+                                      if k == 'msm_provider' or k.startswith('msm_provider.')]:
+                                sys.modules.pop(k, None)
+                            raise
+                    if m.start(quiet=True, control_path=control, origin='injected',
+                               native_path=os.path.join(d, '_msm_probe.abi3.so')) is None:
+                        return
+                except BaseException as e:
+                    try:
+                        sys.stderr.write('ms-service-metric provider (pid %d): not started: %s: %s\\n'
+                                         % (os.getpid(), type(e).__name__, e))
+                    except BaseException:
+                        pass
+
+            try:
+                _t = __import__('sys').modules.get('threading')
+                _a = (\(pythonLiteral(providerDirectory)), \(pythonLiteral(controlFile)))
+                if _t is not None:
+                    _t.Thread(target=_msm_boot, args=_a, name='msm-inject', daemon=True).start()
+                else:
+                    __import__('_thread').start_new_thread(_msm_boot, _a)
+            except KeyboardInterrupt:
+                try:
+                    __import__('_thread').interrupt_main()
+                except BaseException:
+                    pass
+            except BaseException:
+                pass
+
+            """
+        return "exec(compile(\(pythonLiteral(inner)), '<ms-service-metric>', 'exec'), {'__name__': '__msm_boot__'})"
+    }
+
+    /// A Python string literal (single quotes, ASCII only) for any Swift string.
+    static func pythonLiteral(_ text: String) -> String {
+        var out = "'"
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "'": out += "\\'"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value >= 0x20 && scalar.value < 0x7f {
+                    out.unicodeScalars.append(scalar)
+                } else if scalar.value <= 0xffff {
+                    out += String(format: "\\u%04x", scalar.value)
+                } else {
+                    out += String(format: "\\U%08x", scalar.value)
+                }
+            }
+        }
+        return out + "'"
+    }
+}
