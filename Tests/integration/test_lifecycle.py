@@ -123,3 +123,19 @@ def test_on_twice_is_idempotent(agent, service):
     agent.on(service.pid)
     service.call("sync", n=2)
     agent.wait_histogram_count("fixture:sync:duration", 5)
+
+
+def test_forked_child_of_attached_target_survives(agent, service):
+    """fork() copies the instrumentation and the probed marker into the child, which the
+    agent has not attached to: calls there must work (regression: a probed 5-byte nop is
+    rewritten into a call to a per-process trampoline page that fork does not copy)."""
+    agent.on(service.pid)
+    service.call("sync", n=3)
+    agent.wait_histogram_count("fixture:sync:duration", 3)
+    for _ in range(5):
+        ended = http_json("http://127.0.0.1:%d/fork?n=20" % service.port)
+        assert ended["exited"] and ended["exit_code"] == 0, ended
+    # the parent keeps being measured
+    service.call("sync", n=2)
+    wait_for(lambda: agent.scrape().histogram(metric("fixture:sync:duration"), dp="-1")["count"] >= 5,
+             what="parent calls after the forks counted")

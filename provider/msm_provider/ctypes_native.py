@@ -37,6 +37,9 @@ class CtypesNative:
     def semaphore(self):
         return self._semaphore.value
 
+    def reset_semaphore_after_fork(self):
+        self._semaphore.value = 0
+
     def emit(self, payload):
         payload = bytes(payload)
         self._emit(payload, len(payload))

@@ -496,6 +496,13 @@ class Provider:
 
     def after_fork_child(self):
         """Called in a forked child: new locks, restart the thread, re-send hello."""
+        # The copied semaphore counts the parent's attachment, not ours.
+        reset = getattr(self.native, "reset_semaphore_after_fork", None)
+        if reset is not None:
+            try:
+                reset()
+            except Exception:
+                pass
         self._lock = threading.RLock()
         self._series.reinit_lock()
         was_running = self._thread is not None
