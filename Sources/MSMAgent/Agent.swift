@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MSMArtifacts
 import MSMCore
+import CInjector
 
 /// The long-running agent: owns the targets, their uprobes, the control file and the
 /// aggregation actor, and answers the CLI's commands. All state changes go through this
@@ -36,6 +37,13 @@ public actor Agent {
     private var targets: [Int32: Target] = [:]
     private var stopRequested: (@Sendable () -> Void)?
     private var lastScrapeSeconds: Double?
+    /// Processes seen and found not to be CPython (pid → start time): not targets.
+    private var ignored: [Int32: UInt64] = [:]
+    /// Targets in other mount namespaces read their control file at this path.
+    private var controlFileCopies: [Int32: String] = [:]
+    private var lastControlData: Data?
+    /// Pids with an attach or injection in progress (the actor is re-entered across awaits).
+    private var busy: Set<Int32> = []
     private var configured = false
 
     public init(settings: Settings, collector: BPFCollector, logger: Logger) throws {
@@ -91,13 +99,25 @@ public actor Agent {
         }
         let wanted = pids.isEmpty ? nil : Set(pids)
         await scan()
+        // Injections run concurrently (and a process younger than a second is injected once
+        // its interpreter is up): wait for them before judging which targets are live.
+        let settleBy = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        while ContinuousClock.now < settleBy, targets.values.contains(where: { target in
+            (wanted == nil || wanted!.contains(target.pid) || isDescendant(target.pid, of: wanted!))
+                && (target.injecting || busy.contains(target.pid) || (target.state == .noProvider && target.retryAt != nil))
+        }) {
+            try? await Task.sleep(for: .milliseconds(50))
+            await scan()
+        }
         let pending = await waitForAcks(of: attachedPids(within: wanted), timeout: timeout)
         lines += targetLines(within: wanted, pending: pending)
         if targets.isEmpty || (wanted != nil && attachedPids(within: wanted).isEmpty) {
-            lines.append("no process carries the provider yet; start the service with `ms-service-metric exec -- …` (collection starts as soon as one appears)")
+            lines.append("no Python process to collect from yet (collection starts as soon as one appears)")
         }
         lines.append("metrics on http://\(settings.listen)/metrics")
-        return ControlResponse(exitCode: pending.isEmpty ? 0 : 1, lines: lines)
+        // A pid named on the command line that cannot be collected from is a failure.
+        let refused = pids.filter { targets[$0]?.state == .error }
+        return ControlResponse(exitCode: pending.isEmpty && refused.isEmpty ? 0 : 1, lines: lines)
     }
 
     public func restart(configPath: String?) async -> ControlResponse {
@@ -178,8 +198,11 @@ public actor Agent {
     /// watching all), attaches to those that carry the provider, and retires exited ones.
     public func scan() async {
         guard enabled else { return }
+        // Without --pid: every `vllm serve` on the host (with its process tree) and every
+        // process that already carries the provider.
         let candidates: Set<Int32> = watchAll
-            ? Set(ProcessTable.allPids().filter { ProcessTable.providerLibrary(of: $0) != nil }).union(ProcessTable.descendants(of: roots))
+            ? ProcessTable.descendants(of: roots.union(ProcessTable.vllmServers()))
+                .union(ProcessTable.allPids().filter { ProcessTable.providerLibrary(of: $0) != nil })
             : ProcessTable.descendants(of: roots)
 
         for (pid, target) in targets where target.state != .exited {
@@ -190,10 +213,18 @@ public actor Agent {
         }
         for pid in candidates.sorted() {
             guard let facts = ProcessTable.facts(pid) else { continue }
+            if ignored[pid] == facts.startTime { continue }
             if let known = targets[pid], known.startTime == facts.startTime {
-                // A process that had no provider yet may have loaded it since (e.g. a child
-                // that is still starting up, or a module imported late).
-                if known.state == .noProvider { await attach(facts) }
+                if known.injecting { continue }
+                switch known.state {
+                case .noProvider, .error:
+                    // Still starting up, or a retryable injection failure: try again when due.
+                    if known.retryAt.map({ ContinuousClock.now >= $0 }) ?? true { await attach(facts) }
+                case .attached:
+                    await reviveSilentProvider(pid)
+                case .exited:
+                    break
+                }
                 continue
             }
             await attach(facts)
@@ -208,15 +239,27 @@ public actor Agent {
     }
 
     private func attach(_ facts: ProcessFacts) async {
+        guard busy.insert(facts.pid).inserted else { return }
+        defer { busy.remove(facts.pid) }
         var role = ProcessRole.classify(title: facts.title)
         var dp = role.dp
         if role.inheritsRank, let parent = targets[facts.parent], parent.role.role == "engine_core" {
             dp = parent.dp
             role = ProcessRole(role: role.role, dp: dp, inheritsRank: true)
         }
-        var target = Target(pid: facts.pid, startTime: facts.startTime, title: facts.title, role: role, dp: dp)
+        var target = targets[facts.pid].flatMap { $0.startTime == facts.startTime ? $0 : nil }
+            ?? Target(pid: facts.pid, startTime: facts.startTime, title: facts.title, role: role, dp: dp)
+        target.role = role
+        target.dp = dp
+        if ProcessTable.providerLibrary(of: facts.pid) == nil {
+            guard await injectProvider(into: facts, target: &target) else {
+                if ignored[facts.pid] != facts.startTime { targets[facts.pid] = target }
+                return
+            }
+        }
         guard let library = ProcessTable.providerLibrary(of: facts.pid) else {
             target.state = .noProvider
+            target.detail = "the provider did not load"
             targets[facts.pid] = target
             return
         }
@@ -232,7 +275,10 @@ public actor Agent {
             target.link = try collector.attach(pid: facts.pid, libraryPath: path,
                                                markerOffset: marker.fileOffset, semaphoreOffset: semaphore.fileOffset)
             target.state = .attached
+            target.detail = ""
             target.libraryPath = library
+            target.attachedAt = .now
+            if target.origin == nil { target.origin = "exec" }
             logger.info("attached", metadata: ["pid": "\(facts.pid)", "role": "\(role.role)", "dp": "\(dp)"])
         } catch {
             target.state = .error
@@ -242,6 +288,89 @@ public actor Agent {
         targets[facts.pid] = target
     }
 
+    /// Gets the provider into a CPython process that does not carry it (ptrace injection at
+    /// a safe point). Returns true when the provider's library is now mapped. Processes that
+    /// are not CPython are remembered and skipped, unless they were named with --pid.
+    private func injectProvider(into facts: ProcessFacts, target: inout Target) async -> Bool {
+        guard ProcessTable.ageSeconds(facts) >= 1.0 else {
+            // A process that is still starting has no interpreter ready yet: next scan.
+            target.state = .noProvider
+            target.detail = "starting; provider injection pending"
+            target.retryAt = .now + .milliseconds(250)
+            return false
+        }
+        let pid = facts.pid
+        target.injecting = true
+        targets[pid] = target
+        let runtime = settings.runtime
+        let outcome = await Task.detached { () -> InjectionOutcome in
+            do {
+                let directory = try runtime.installProvider()
+                return .injected(try Injector.injectProvider(pid: pid, providerDirectory: directory,
+                                                             controlFile: runtime.controlFile, timeout: .seconds(3)))
+            } catch let error as InjectionError {
+                return .failed(code: error.report.code, message: error.description)
+            } catch {
+                return .failed(code: Int32(MSM_INJECT_PTRACE_ERROR.rawValue), message: "\(error)")
+            }
+        }.value
+        target.injecting = false
+        target.injectionAttempts += 1
+        switch outcome {
+        case let .injected(report):
+            target.origin = "injected"
+            target.python = report.pythonVersion
+            if report.placement == "copied" || report.placement == "present" {
+                // Another mount namespace: it reads its control file there.
+                controlFileCopies[pid] = "/proc/\(pid)/root\(settings.runtime.controlFile)"
+                try? writeControlCopy(pid)
+            }
+            logger.info("provider injected", metadata: ["pid": "\(pid)", "python": "\(report.pythonVersion)",
+                                                        "ms": "\(report.totalMilliseconds)"])
+            return ProcessTable.providerLibrary(of: pid) != nil
+        case let .failed(code, message):
+            let isRoot = roots.contains(pid)
+            if !isRoot, code == Int32(MSM_INJECT_NOT_CPYTHON.rawValue) || code == Int32(MSM_INJECT_NO_PROCESS.rawValue) {
+                ignored[pid] = facts.startTime  // not a Python process: not a target
+                targets[pid] = nil
+                return false
+            }
+            target.state = .error
+            target.detail = message
+            let retryable = code == Int32(MSM_INJECT_TIMEOUT.rawValue) || code == Int32(MSM_INJECT_ALREADY_TRACED.rawValue)
+                || code == Int32(MSM_INJECT_PTRACE_ERROR.rawValue)
+            target.retryAt = retryable && target.injectionAttempts < 5 ? .now + .seconds(5) : .now + .seconds(3600)
+            logger.warning("cannot inject the provider", metadata: ["pid": "\(pid)", "error": "\(message)"])
+            return false
+        }
+    }
+
+    /// A provider whose library is mapped but that never answers (an earlier injected
+    /// provider retires its thread on `off`) is started again by injecting the bootstrap.
+    private func reviveSilentProvider(_ pid: Int32) async {
+        guard !busy.contains(pid), var target = targets[pid], target.state == .attached, !target.revived,
+              let attachedAt = target.attachedAt, ContinuousClock.now - attachedAt > .milliseconds(800)
+        else { return }
+        if (await aggregator.acknowledgedGenerations()[pid] ?? 0) > 0 { return }
+        target.revived = true
+        targets[pid] = target
+        guard let facts = ProcessTable.facts(pid) else { return }
+        busy.insert(pid)
+        defer { busy.remove(pid) }
+        _ = await injectProvider(into: facts, target: &target)
+        if target.state == .error { target.state = .attached }  // still attached; detail tells why
+        targets[pid] = target
+    }
+
+    private func writeControlCopy(_ pid: Int32) throws {
+        guard let path = controlFileCopies[pid], let data = lastControlData else { return }
+        let temp = "\(path).tmp-\(getpid())"
+        guard FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o644]),
+              rename(temp, path) == 0 else {
+            throw RuntimeError("cannot write \(path)")
+        }
+    }
+
     private func retire(_ pid: Int32) {
         guard var target = targets[pid] else { return }
         target.link?.detach()
@@ -249,6 +378,7 @@ public actor Agent {
         target.state = .exited
         target.retiredAt = .now
         targets[pid] = target
+        controlFileCopies[pid] = nil
         logger.info("target exited", metadata: ["pid": "\(pid)"])
     }
 
@@ -284,7 +414,13 @@ public actor Agent {
     private func waitForAcks(of pids: [Int32], timeout: Double) async -> Set<Int32> {
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         var pending = Set(pids)
+        var lastScan = ContinuousClock.now
         while !pending.isEmpty {
+            if ContinuousClock.now - lastScan > .milliseconds(250) {
+                // Revives silent providers and picks up processes while the caller waits.
+                await scan()
+                lastScan = .now
+            }
             let acknowledged = await aggregator.acknowledgedGenerations()
             pending = pending.filter { pid in
                 ProcessTable.exists(pid) && (acknowledged[pid] ?? 0) < generation
@@ -302,9 +438,9 @@ public actor Agent {
             case .attached where pending.contains(target.pid):
                 return "pid \(target.pid) (\(target.role.role), dp \(target.dp)): attached, provider did not acknowledge within the timeout"
             case .attached:
-                return "pid \(target.pid) (\(target.role.role), dp \(target.dp)): collecting"
+                return "pid \(target.pid) (\(target.role.role), dp \(target.dp)): collecting (provider \(target.origin ?? "exec"))"
             case .noProvider:
-                return "pid \(target.pid): no provider (start it with ms-service-metric exec)"
+                return "pid \(target.pid): no provider yet (\(target.detail.isEmpty ? "pending" : target.detail))"
             case .error:
                 return "pid \(target.pid): error: \(target.detail)"
             case .exited:
@@ -316,7 +452,12 @@ public actor Agent {
     private func publishControlFile() throws {
         generation += 1
         let file = ControlFile(config: config, generation: generation, enabled: enabled, agentPid: getpid())
-        try settings.runtime.writeControlFile(try file.jsonData())
+        let data = try file.jsonData()
+        lastControlData = data
+        try settings.runtime.writeControlFile(data)
+        for pid in controlFileCopies.keys where targets[pid]?.state == .attached {
+            do { try writeControlCopy(pid) } catch { logger.warning("\(error)") }
+        }
     }
 
     static func loadConfig(_ source: ConfigSource, defaultText: String) throws -> SymbolConfig {
@@ -325,6 +466,11 @@ public actor Agent {
         case .builtIn: return try ConfigParser.parse(yaml: defaultText, file: ConfigSource.builtInName)
         }
     }
+}
+
+enum InjectionOutcome: Sendable {
+    case injected(InjectionReport)
+    case failed(code: Int32, message: String)
 }
 
 /// One process the agent looks after.
@@ -341,6 +487,14 @@ struct Target: Sendable {
     var libraryPath: String?
     var link: UprobeLink?
     var retiredAt: ContinuousClock.Instant?
+    var attachedAt: ContinuousClock.Instant?
+    /// How the provider got there: "exec" (or a plugin) or "injected" by this agent.
+    var origin: String?
+    var python: String?
+    var injecting = false
+    var injectionAttempts = 0
+    var retryAt: ContinuousClock.Instant?
+    var revived = false
 
     init(pid: Int32, startTime: UInt64, title: String, role: ProcessRole, dp: Int) {
         self.pid = pid
@@ -352,6 +506,6 @@ struct Target: Sendable {
 
     var statusFacts: TargetFacts {
         TargetFacts(pid: pid, state: state, role: role.role, title: title,
-                    provider: libraryPath == nil ? nil : "exec", dp: dp, detail: detail)
+                    provider: libraryPath == nil ? nil : origin, dp: dp, detail: detail)
     }
 }

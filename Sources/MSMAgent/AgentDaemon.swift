@@ -8,7 +8,9 @@ import ServiceLifecycle
 /// control socket, and runs until `off`, SIGTERM or SIGINT — after which every provider has
 /// restored its functions and every uprobe is detached.
 public enum AgentDaemon {
-    public static func run(settings: Agent.Settings, initialPids: [Int32], logger: Logger) async throws {
+    /// `startCollecting`: false when started by `on`, which then sends its own request.
+    public static func run(settings: Agent.Settings, initialPids: [Int32], startCollecting: Bool = true,
+                           logger: Logger) async throws {
         let runtime = settings.runtime
         // Peers of the control socket and of HTTP may vanish mid-write; never die of SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
@@ -31,7 +33,8 @@ public enum AgentDaemon {
         }
 
         let http = MetricsHTTPServer.make(address: address, logger: logger) { await agent.render(format: $0) }
-        let service = AgentService(agent: agent, initialPids: initialPids, logger: logger)
+        let service = AgentService(agent: agent, initialPids: initialPids, startCollecting: startCollecting,
+                                   logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: http), .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -55,12 +58,15 @@ public enum AgentDaemon {
 struct AgentService: Service {
     let agent: Agent
     let initialPids: [Int32]
+    let startCollecting: Bool
     let logger: Logger
 
     func run() async throws {
-        // No pids: every process on the host that carries the provider.
-        let response = await agent.on(pids: initialPids, configPath: nil, timeout: 10)
-        for line in response.lines { logger.info("\(line)") }
+        if startCollecting {
+            // No pids: every vLLM server and every process that carries the provider.
+            let response = await agent.on(pids: initialPids, configPath: nil, timeout: 10)
+            for line in response.lines { logger.info("\(line)") }
+        }
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 await agent.scan()

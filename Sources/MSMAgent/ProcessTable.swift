@@ -34,6 +34,14 @@ public enum ProcessTable {
         return (parent, start)
     }
 
+    /// Seconds since the process started (from its start time and /proc/uptime).
+    public static func ageSeconds(_ facts: ProcessFacts) -> Double {
+        guard let uptimeText = readProcFile("/proc/uptime"),
+              let uptime = Double(uptimeText.split(separator: " ").first ?? "") else { return 0 }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return uptime - Double(facts.startTime) / (ticks > 0 ? ticks : 100)
+    }
+
     /// The process title: /proc/PID/cmdline (which setproctitle rewrites, e.g.
     /// "VLLM::EngineCore_DP1"), falling back to comm.
     public static func title(_ pid: Int32) -> String {
@@ -49,6 +57,16 @@ public enum ProcessTable {
     public static func allPids() -> [Int32] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return names.compactMap { Int32($0) }
+    }
+
+    /// Processes running `vllm serve` (the API server: the root of a vLLM process tree).
+    public static func vllmServers() -> Set<Int32> {
+        Set(allPids().filter { pid in
+            guard let bytes = readProcBytes("/proc/\(pid)/cmdline", limit: 4096) else { return false }
+            let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            guard let serve = args.firstIndex(of: "serve"), serve > 0 else { return false }
+            return args[..<serve].contains { $0 == "vllm" || $0.hasSuffix("/vllm") }
+        })
     }
 
     /// `roots` and every live descendant of them.

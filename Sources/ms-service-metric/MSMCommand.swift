@@ -27,6 +27,10 @@ struct AgentOptions: ParsableArguments {
     @Option(help: "Address of the /metrics endpoint.")
     var listen: String = "127.0.0.1:9464"
 
+    /// Set by `on` when it starts the daemon: targets come with `on`'s own request.
+    @Flag(help: .hidden)
+    var awaitCommands = false
+
     var absoluteConfig: String? {
         config.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
     }

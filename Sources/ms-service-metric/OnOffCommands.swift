@@ -21,7 +21,7 @@ struct On: AsyncParsableCommand {
             if let path = options.absoluteConfig { try validateConfig(path) }
             let runtime = RuntimeDirectory()
             if !ControlSocketClient.isListening(runtime.socket) {
-                var arguments = ["--listen", options.listen] + options.pids.flatMap { ["--pid", String($0)] }
+                var arguments = ["--listen", options.listen, "--await-commands"]
                 if let path = options.absoluteConfig { arguments += ["--config", path] }
                 try DaemonLauncher.start(runtime: runtime, arguments: arguments)
             }

@@ -26,7 +26,8 @@ struct Run: AsyncParsableCommand {
                 configSource: ConfigSource.resolve(explicitPath: options.absoluteConfig,
                                                    environment: ProcessInfo.processInfo.environment),
                 defaultConfigText: Artifacts.defaultConfig)
-            try await AgentDaemon.run(settings: settings, initialPids: options.pids, logger: logger)
+            try await AgentDaemon.run(settings: settings, initialPids: options.pids,
+                                      startCollecting: !options.awaitCommands, logger: logger)
         }
     }
 }

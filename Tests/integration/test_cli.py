@@ -73,14 +73,26 @@ def test_dead_pid_is_an_error(agent):
     assert "ms-service-metric: no process with pid %d" % pid in proc.stderr, proc.stderr
 
 
-def test_target_without_provider_is_reported_not_fatal(agent, service_factory):
+def test_target_without_provider_gets_it_injected(agent, service_factory):
     plain = service_factory(under_exec=False)
     proc = agent.on(plain.pid)
     out = proc.stdout + proc.stderr
-    assert "pid %d: no provider (start it with ms-service-metric exec)" % plain.pid in out, out
+    assert "pid %d (main, dp -1): collecting (provider injected)" % plain.pid in out, out
     target = wait_for(lambda: agent.target(agent.status(), plain.pid), what="target listed")
-    assert target["state"] == "no_provider"
+    assert target["state"] == "attached" and target["provider"] == "injected", target
     assert plain.call("sync", n=2)["results"] == [1, 3]
+    agent.wait_histogram_count("fixture:sync:duration", 2)
+
+
+def test_non_python_pid_is_refused_with_a_message(agent):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        proc = agent.run("on", "--pid", sleeper.pid, "--listen", "127.0.0.1:%d" % agent.port)
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert "pid %d" % sleeper.pid in proc.stderr and "CPython" in proc.stderr, proc.stderr
+        assert sleeper.poll() is None  # untouched, still running
+    finally:
+        sleeper.kill()
 
 
 def test_exec_keeps_pid_and_sets_environment(agent, service):
