@@ -1,0 +1,319 @@
+"""Live attach to a real, plainly started `vllm serve` (no `ms-service-metric exec`).
+
+`on --pid <API server>` with the built-in config injects the provider into the API server,
+the engine core and its worker; status lists them (role, dp, provider "injected"); the
+engine-core step timer and the front-end timers count the requests sent; `off` releases
+everything and the server keeps serving. Prints the time from the start of `on` to the
+first engine-core sample and the scrape (run with -s).
+
+Skips when the vLLM venv / model (scripts/vllm-setup.sh) or the agent binary are missing.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from vllm_harness import (REPO, format_process_tree, free_port, http_json, start_vllm_server,
+                          vllm_missing_reason)
+
+MAX_TOKENS = 8
+STEP = "vllm_profiling_engine_core:engine_core_step:duration"
+GENERATE = "vllm_profiling_engine:generate:duration"
+CHAT = "vllm_profiling_server:create_chat_completion:duration"
+EXECUTE = "vllm_profiling_executor:execute_model:duration"
+
+
+def msm_bin():
+    raw = Path(os.environ.get("MSM_BIN", ".build/debug/ms-service-metric"))
+    if raw.is_absolute():
+        return raw
+    return (Path.cwd() / raw) if (Path.cwd() / raw).exists() else REPO / raw
+
+
+# --------------------------------------------------------------------------
+# a minimal agent client and Prometheus parser (the integration conftest is not
+# importable from here)
+# --------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_scrape(text):
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            samples.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return samples
+
+
+def value(samples, name, **labels):
+    """Sum of the samples of name whose labels include `labels` (None when there are none)."""
+    found = [v for n, l, v in samples if n == name and all(l.get(k) == str(x) for k, x in labels.items())]
+    return sum(found) if found else None
+
+
+class Agent:
+    def __init__(self, binary, runtime_dir, port):
+        self.binary = str(binary)
+        self.runtime_dir = runtime_dir
+        self.listen = "127.0.0.1:%d" % port
+        self.history = []
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MS_SERVICE_METRIC")}
+        env["MS_SERVICE_METRIC_RUNTIME_DIR"] = self.runtime_dir
+        return env
+
+    def run(self, *args, timeout=120):
+        cmd = [self.binary] + [str(a) for a in args]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        self.history.append("$ %s -> rc=%d (%.2fs)\n%s%s" % (" ".join(cmd), proc.returncode,
+                                                             time.monotonic() - t0, proc.stdout, proc.stderr))
+        return proc
+
+    def status(self):
+        proc = self.run("status", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def scrape_text(self):
+        with urllib.request.urlopen("http://%s/metrics" % self.listen, timeout=10) as resp:
+            return resp.read().decode()
+
+    def scrape(self):
+        return parse_scrape(self.scrape_text())
+
+    def daemon_pid(self):
+        try:
+            return int(Path(self.runtime_dir, "agent.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def log(self):
+        try:
+            return Path(self.runtime_dir, "agent.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def agent(request):
+    binary = msm_bin()
+    if not binary.is_file():
+        pytest.skip("agent binary not found at %s (build it or set MSM_BIN)" % binary)
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ptrace, BPF)")
+    runtime = tempfile.mkdtemp(prefix="msm-rt-e2e-", dir="/tmp")
+    os.chmod(runtime, 0o755)
+    a = Agent(binary, runtime, free_port())
+    failed_before = request.session.testsfailed
+    yield a
+    pid = a.daemon_pid()
+    try:
+        a.run("off", timeout=60)
+    except subprocess.TimeoutExpired:
+        a.history.append("off timed out")
+    if pid:
+        deadline = time.monotonic() + 5
+        while os.path.exists("/proc/%d" % pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            if a.binary.encode() in Path("/proc/%d/cmdline" % pid).read_bytes() or \
+                    os.path.basename(a.binary).encode() in Path("/proc/%d/cmdline" % pid).read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if request.session.testsfailed > failed_before:  # this test's call failed
+        print("\n==== agent commands ====\n" + "\n".join(a.history))
+        print("==== agent.log (tail) ====\n" + a.log()[-8000:])
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def plain_vllm(tmp_path):
+    reason = vllm_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = start_vllm_server(tmp_path)
+    print("\nplain vllm serve pid %d on %s, started in %.1f s"
+          % (server.pid, server.base_url, server.start_seconds))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def completion(server, i):
+    status, body, _ = http_json(server.base_url + "/v1/completions", {
+        "model": server.model, "prompt": "hello number %d, tell me a story" % i,
+        "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}, timeout=120)
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == MAX_TOKENS, body
+    return body
+
+
+def chat(server, i):
+    status, body, _ = http_json(server.base_url + "/v1/chat/completions", {
+        "model": server.model, "messages": [{"role": "user", "content": "question %d?" % i}],
+        "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}, timeout=120)
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == MAX_TOKENS, body
+    return body
+
+
+def wait_until(cond, timeout, what, interval=0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001
+            last = e
+        time.sleep(interval)
+    raise AssertionError("timed out after %.0f s waiting for %s; last: %r" % (timeout, what, last))
+
+
+def test_on_pid_plain_vllm_serve(agent, plain_vllm):
+    server = plain_vllm
+    completion(server, 0)    # warm: the server answers before we attach
+    tree = server.process_tree()
+    print(format_process_tree(tree))
+    api = server.pid
+    engine = [p for p, _, t in tree if t.startswith("VLLM::EngineCore")]
+    worker = [p for p, _, t in tree if t.startswith("VLLM::Worker")]
+    assert engine and worker, format_process_tree(tree)
+    python = subprocess.run([str(Path(os.environ.get("VLLM_VENV", "/opt/msm-vllm/venv")) / "bin" / "python3"),
+                             "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                            capture_output=True, text=True).stdout.strip()
+
+    # requests keep flowing while `on` runs, so the engine core steps
+    stop = threading.Event()
+    background = {"n": 0, "errors": []}
+
+    def requester():
+        i = 0
+        while not stop.is_set():
+            try:
+                completion(server, 1000 + i)
+                background["n"] += 1
+            except Exception as e:  # noqa: BLE001
+                background["errors"].append(repr(e))
+            i += 1
+
+    feeder = threading.Thread(target=requester, daemon=True)
+    feeder.start()
+    result = {}
+
+    def run_on():
+        t = time.monotonic()
+        result["proc"] = agent.run("on", "--pid", api, "--listen", agent.listen, "--timeout", 60, timeout=180)
+        result["seconds"] = time.monotonic() - t
+
+    t0 = time.monotonic()
+    runner = threading.Thread(target=run_on)
+    runner.start()
+    first = None
+    try:
+        while time.monotonic() - t0 < 90:
+            try:
+                step = value(agent.scrape(), STEP + "_count", dp="0")
+            except Exception:  # noqa: BLE001 - not listening yet
+                step = None
+            if step:
+                first = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+    finally:
+        runner.join(timeout=200)
+        stop.set()
+        feeder.join(timeout=130)
+    proc = result.get("proc")
+    assert proc is not None, "`on` did not return"
+    print("\n`on --pid %d` returned rc=%d after %.2f s:\n%s%s" % (
+        api, proc.returncode, result["seconds"], proc.stdout, proc.stderr))
+    print("time to first engine-core sample: %s s from the start of `on --pid` (%d background requests)"
+          % ("%.2f" % first if first is not None else "none within 90", background["n"]))
+    assert proc.returncode == 0, proc.stderr
+    assert background["errors"] == [], background["errors"][:3]
+    assert first is not None, "no engine_core_step sample within 90 s"
+
+    status = agent.status()
+    targets = {t["pid"]: t for t in status["targets"]}
+    summary = [{k: t.get(k) for k in ("pid", "state", "role", "dp", "provider", "python", "title")}
+               for t in status["targets"]]
+    print("status targets:\n" + "\n".join(json.dumps(s) for s in summary))
+
+    def check(pid, roles, dp):
+        t = targets.get(pid)
+        assert t is not None, "pid %d not in status: %s" % (pid, summary)
+        got = (t["state"], t.get("role"), t.get("dp"), t.get("provider"), t.get("python"))
+        assert got[0] == "attached" and got[1] in roles and got[2] == dp and got[3] == "injected" \
+            and got[4] == python, "pid %d: %r, expected attached %s dp %d injected %s" % (pid, got, roles, dp, python)
+
+    check(api, ("main", "api_server"), -1)
+    check(engine[0], ("engine_core",), 0)
+    check(worker[0], ("worker",), 0)
+    probes = {p["symbol"]: p for p in status["probes"]}
+    print("probes: " + ", ".join("%s %s hits %s" % (s, p.get("states"), p.get("hits")) for s, p in probes.items()))
+
+    # exact front-end counts for requests sent now (background ones have finished)
+    def settled():
+        a = value(agent.scrape(), GENERATE + "_count", dp="-1")
+        time.sleep(1.0)
+        b = value(agent.scrape(), GENERATE + "_count", dp="-1")
+        return (a, b) if a == b else None
+    wait_until(settled, 20, "generate count settled")
+    before = agent.scrape()
+    g0 = value(before, GENERATE + "_count", dp="-1") or 0
+    c0 = value(before, CHAT + "_count", dp="-1") or 0
+    s0 = value(before, STEP + "_count", dp="0") or 0
+    for i in range(3):
+        completion(server, i)
+    for i in range(2):
+        chat(server, i)
+    wait_until(lambda: value(agent.scrape(), GENERATE + "_count", dp="-1") == g0 + 5, 20,
+               "engine:generate count +5")
+    wait_until(lambda: value(agent.scrape(), CHAT + "_count", dp="-1") == c0 + 2, 20,
+               "create_chat_completion count +2")
+    time.sleep(0.5)
+    text = agent.scrape_text()
+    after = parse_scrape(text)
+    print("\n==== scrape (vllm_profiling_ series) ====\n" +
+          "\n".join(l for l in text.splitlines() if l.startswith("vllm_profiling_") and "_bucket" not in l))
+    assert value(after, GENERATE + "_count", dp="-1") == g0 + 5
+    assert value(after, CHAT + "_count", dp="-1") == c0 + 2
+    # 5 requests of 8 tokens: at least 8 more engine-core steps
+    assert value(after, STEP + "_count", dp="0") >= s0 + MAX_TOKENS, (s0, value(after, STEP + "_count", dp="0"))
+    assert value(after, EXECUTE + "_count", dp="0"), "executor:execute_model not counted in dp 0"
+
+    off = agent.run("off", timeout=120)
+    print("off: rc=%d %s%s" % (off.returncode, off.stdout, off.stderr))
+    assert off.returncode == 0, off.stderr
+    st = agent.run("status", "--json")
+    assert st.returncode == 3, st.stdout
+    # the server keeps serving, every process still there
+    for i in range(2):
+        completion(server, 100 + i)
+        chat(server, 100 + i)
+    left = {p for p, _, _ in server.process_tree()}
+    assert {api, engine[0], worker[0]} <= left, format_process_tree(server.process_tree())
+    for pid in (api, engine[0], worker[0]):
+        assert "TracerPid:\t0" in Path("/proc/%d/status" % pid).read_text()
