@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, build, start a Python service under `exec`,
-# switch collection on, drive the service, print the scrape and the status, switch off.
+# The main job on a fresh machine: set up, build, start a plain Python service (no
+# preparation at all), attach to it with `on --pid` (the provider is injected live), drive
+# the service, print the scrape and the status, switch off — the service keeps running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,7 +11,11 @@ SERVICE_PORT=${SERVICE_PORT:-8711}
 METRICS=${METRICS:-127.0.0.1:9464}
 
 "$BIN" off >/dev/null 2>&1 || true
-"$BIN" exec -- python3 examples/demo_service.py --port "$SERVICE_PORT" &
+if curl -s -o /dev/null "http://127.0.0.1:$SERVICE_PORT/"; then
+    echo "demo: port $SERVICE_PORT is taken; set SERVICE_PORT to a free port" >&2
+    exit 1
+fi
+python3 examples/demo_service.py --port "$SERVICE_PORT" &
 service=$!
 trap '"$BIN" off >/dev/null 2>&1 || true; kill $service 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$SERVICE_PORT/generate?tokens=1" >/dev/null && break; sleep 0.1; done
@@ -29,3 +34,4 @@ echo "== ms-service-metric status"
 
 echo "== ms-service-metric off"
 "$BIN" off
+curl -sf "http://127.0.0.1:$SERVICE_PORT/generate?tokens=1" >/dev/null && echo "service still answering after off"
