@@ -506,6 +506,7 @@ struct Target: Sendable {
 
     var statusFacts: TargetFacts {
         TargetFacts(pid: pid, state: state, role: role.role, title: title,
-                    provider: libraryPath == nil ? nil : origin, dp: dp, detail: detail)
+                    provider: libraryPath == nil ? nil : origin, dp: dp, detail: detail,
+                    python: python.map { $0.split(separator: "+").first.map(String.init) ?? $0 })
     }
 }

@@ -37,8 +37,10 @@ public struct TargetFacts: Sendable, Equatable {
     public var dp: Int?
     /// Problem description for `error` targets; shown as a note.
     public var detail: String
+    /// Python version as the agent found it (injection); the provider's `hello` wins.
+    public var python: String?
     public init(pid: Int32, state: TargetState, role: String, title: String = "", provider: String? = nil,
-                dp: Int? = nil, detail: String = "") {
+                dp: Int? = nil, detail: String = "", python: String? = nil) {
         self.pid = pid
         self.state = state
         self.role = role
@@ -46,6 +48,7 @@ public struct TargetFacts: Sendable, Equatable {
         self.provider = provider
         self.dp = dp
         self.detail = detail
+        self.python = python
     }
 }
 
@@ -149,7 +152,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
             if !t.detail.isEmpty { allNotes.append("pid \(t.pid): \(t.state.rawValue): \(t.detail)") }
             let title = t.title.isEmpty ? (p?.hello?.title ?? "") : t.title
             return Target(pid: t.pid, state: t.state, role: t.role, dp: p?.dp ?? t.dp ?? -1, title: title,
-                          python: p?.hello?.python, provider: t.provider, generation: p?.lastAck?.generation,
+                          python: p?.hello?.python ?? t.python, provider: t.provider, generation: p?.lastAck?.generation,
                           probes: probes)
         }
         self.notes = allNotes
