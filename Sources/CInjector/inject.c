@@ -12,6 +12,9 @@
 //      PyRun_SimpleStringFlags(source, NULL) with the source below the red zone.
 //      Each call returns to address 0: the fault (SIGSEGV at rip 0) is our "return"
 //      and is never delivered;
+//      If no thread traps within a short grace period, threads blocked in epoll_wait (an
+//      idle asyncio loop) are woken with PTRACE_INTERRUPT: epoll_wait returns EINTR,
+//      CPython retries through PyEval_SaveThread and traps (wake_event_waiters);
 //   5. restore every register (rip = PyEval_SaveThread, which then runs normally),
 //      stop every other thread (PTRACE_INTERRUPT) and detach all, re-delivering any
 //      signal that arrived meanwhile.
@@ -250,7 +253,8 @@ struct thread {
     pid_t tid;
     enum tstate state;
     int pending_sig;   // signal to deliver at detach
-    int interrupted;   // PTRACE_INTERRUPT sent
+    int interrupted;   // PTRACE_INTERRUPT sent (to stop it for the detach)
+    int woken;         // PTRACE_INTERRUPTs sent to wake it from an event-loop wait
 };
 
 struct ctx {
@@ -415,6 +419,40 @@ static void handle_event(struct ctx *c, pid_t tid, int status) {
         return;
     }
     if (ptrace(PTRACE_CONT, tid, 0, 0) == 0) t->state = T_RUNNING;
+}
+
+/// Event-loop waits that return EINTR to user space when the thread is interrupted by
+/// ptrace (no signal handler runs): epoll_wait, epoll_pwait, epoll_pwait2 (x86-64 numbers).
+/// CPython's select.epoll.poll then retries (PEP 475) through Py_BEGIN_ALLOW_THREADS, i.e.
+/// PyEval_SaveThread, our armed safe point. poll/ppoll/select/pselect6 are not listed: the
+/// kernel restarts them transparently (-ERESTARTNOHAND without a handler), so waking them
+/// would achieve nothing; futex waits (locks, the GIL itself) and sleeps are never touched.
+enum { WAKE_GRACE_MS = 150, WAKE_INTERVAL_MS = 500 };
+
+static int is_event_wait(long nr) {
+    return nr == 232 || nr == 281 || nr == 441;
+}
+
+/// Syscall a traced thread is blocked in (/proc/PID/task/TID/syscall), -1 if running/unknown.
+static long blocked_syscall(pid_t pid, pid_t tid) {
+    char path[96], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/syscall", pid, tid);
+    if (read_text(path, buf, sizeof buf) <= 0 || !isdigit((unsigned char)buf[0])) return -1;  // "running", "-1 ..."
+    return strtol(buf, NULL, 10);
+}
+
+/// Wakes (PTRACE_INTERRUPT; handle_event resumes it without a signal) every thread blocked
+/// in an event-loop wait. Returns how many were woken.
+static int wake_event_waiters(struct ctx *c) {
+    int woken = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        struct thread *t = &c->t[i];
+        if (t->state != T_RUNNING) continue;
+        if (!is_event_wait(blocked_syscall(c->pid, t->tid))) continue;
+        if (ptrace(PTRACE_INTERRUPT, t->tid, 0, 0) == 0) { t->woken++; woken++; }
+        else if (errno == ESRCH) t->state = T_GONE;
+    }
+    return woken;
 }
 
 /// Seizes every thread of pid (re-scanning /proc/PID/task until no new one appears).
@@ -784,6 +822,7 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
         goto out;
     }
 
+    double next_wake = now_ms() + WAKE_GRACE_MS;  // relative to the arming
     for (;;) {
         // 1. wait for a thread at the safe point
         pid_t tid = 0; int status = 0;
@@ -791,7 +830,16 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
         int got = 0, cr = CALL_ERROR;
         while (!got) {
             if (c.exec_seen) { disarm(&c); rc = fail(r, MSM_INJECT_PROCESS_EXITED, "pid %d called exec; nothing was injected", pid); goto out; }
-            if (next_event(&c, deadline, &tid, &status) != 0) {
+            // No thread at the safe point after a short grace period: wake the threads that
+            // wait in epoll (an idle asyncio loop never releases the GIL otherwise), then
+            // again now and then for threads that started waiting since.
+            double wait_until = next_wake < deadline ? next_wake : deadline;
+            if (next_event(&c, wait_until, &tid, &status) != 0) {
+                if (now_ms() < deadline) {
+                    r->woken_threads += wake_event_waiters(&c);
+                    next_wake = now_ms() + WAKE_INTERVAL_MS;
+                    continue;
+                }
                 disarm(&c);
                 rc = fail(r, MSM_INJECT_TIMEOUT,
                           "no thread of pid %d released the GIL within %.1f s (busy in pure Python "
@@ -820,6 +868,8 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
         }
         r->safe_point_hits++;
         r->wait_ms = now_ms() - t0;
+        struct thread *hit_thread = find_thread(&c, tid);
+        r->safe_point_method = hit_thread && hit_thread->woken ? MSM_SAFE_POINT_WOKEN : MSM_SAFE_POINT_NATURAL;
         double held0 = now_ms();
 
         // 2. the thread holds the GIL at PyEval_SaveThread's entry; save it all

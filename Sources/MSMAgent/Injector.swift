@@ -19,6 +19,10 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
     public let thread: Int32
     public let threads: Int
     public let safePointHits: Int
+    /// Wake-ups sent to threads blocked in epoll_wait (an idle event loop) to reach the safe point.
+    public let wokenThreads: Int
+    /// How the safe point was reached: "natural", "woken" (from an event-loop wait) or "none".
+    public let safePointMethod: String
     public let waitMilliseconds: Double
     public let heldMilliseconds: Double
     public let totalMilliseconds: Double
@@ -34,6 +38,9 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
         if succeeded {
             text += String(format: "; %d threads, safe point after %.1f ms, thread held %.1f ms, total %.1f ms",
                            threads, waitMilliseconds, heldMilliseconds, totalMilliseconds)
+            if safePointMethod == "woken" {
+                text += "; safe point reached by waking \(wokenThreads) event-loop wait(s)"
+            }
         }
         if let loaded = providerLoaded {
             text += loaded ? "; provider loaded" : "; provider NOT loaded (see the target's stderr)"
@@ -62,6 +69,12 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
         thread = r.thread
         threads = Int(r.threads)
         safePointHits = Int(r.safe_point_hits)
+        wokenThreads = Int(r.woken_threads)
+        switch r.safe_point_method {
+        case Int32(MSM_SAFE_POINT_NATURAL.rawValue): safePointMethod = "natural"
+        case Int32(MSM_SAFE_POINT_WOKEN.rawValue): safePointMethod = "woken"
+        default: safePointMethod = "none"
+        }
         waitMilliseconds = r.wait_ms
         heldMilliseconds = r.held_ms
         totalMilliseconds = r.total_ms

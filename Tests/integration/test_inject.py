@@ -568,3 +568,168 @@ def test_injected_provider_is_collected_and_retires(agent, busy_targets, plain_s
     # a later injection starts it again (start() is idempotent, the thread restarts)
     must_inject(agent, t.pid)
     wait_for(lambda: t.fresh_status()["threads"].count("msm-provider") == 1, 5, what="provider thread again")
+
+
+# --------------------------------------------------------------------------
+# idle event loops: the only thread waits in epoll_wait with the GIL released
+# --------------------------------------------------------------------------
+
+FIXTURES = SERVICE.parent
+ASYNCIO_SERVICE = FIXTURES / "asyncio_service.py"
+UVLOOP_SERVICE = FIXTURES / "uvloop_service.py"
+UVLOOP_VENV = Path(tempfile.gettempdir()) / "msm-test-uvloop-venv"
+
+
+class LineClient:
+    """One kept-open connection to the asyncio fixture service (JSON lines)."""
+
+    def __init__(self, port, timeout=10.0):
+        import socket
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rwb")
+
+    def request(self, op, **params):
+        self.file.write(json.dumps(dict(params, op=op)).encode() + b"\n")
+        self.file.flush()
+        line = self.file.readline()
+        assert line, "asyncio service closed the connection"
+        answer = json.loads(line)
+        assert answer.pop("ok") is True, answer
+        return answer
+
+    def close(self):
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+AIO_CALLS = [("compute", {"n": 4, "x": 1}), ("gather", {"n": 6, "x": 2}), ("method", {"n": 3}),
+             ("stream", {"n": 2, "x": 3}), ("fail", {"n": 2}), ("sync", {"n": 3, "x": 9})]
+
+
+def aio_results(client):
+    return [(op, client.request(op, **params)["results"]) for op, params in AIO_CALLS]
+
+
+def syscall_of(pid, tid=None):
+    """Number of the syscall a thread blocks in (/proc/.../syscall), None when running."""
+    path = "/proc/%d/task/%d/syscall" % (pid, tid or pid)
+    first = Path(path).read_text().split()[0]
+    return int(first) if first.lstrip("-").isdigit() else None
+
+
+EPOLL_WAITS = (232, 281, 441)  # epoll_wait, epoll_pwait, epoll_pwait2
+
+
+def check_idle_event_loop(agent, interpreter, script, expect_threads=None):
+    """Start `script` (the asyncio fixture protocol), let its loop go idle in epoll, inject,
+    then check: woken safe point, answers unchanged on the old and a new connection, a
+    request sent while the injection runs answered, clean exit on SIGTERM."""
+    port = free_port()
+    svc = start_service([interpreter, str(script), "--port", str(port)], plain_env())
+    client = None
+    try:
+        client = LineClient(port)
+        info = client.request("pid")
+        results = aio_results(client)
+        assert results[0] == ("compute", [4, 7, 10, 13]), results
+        threads = client.request("threads")
+        if expect_threads is not None:
+            assert len(threads["tasks"]) == expect_threads, threads
+        # idle: the loop thread waits in epoll with no timer
+        wait_for(lambda: syscall_of(svc.pid) in EPOLL_WAITS, 5, what="loop idle in epoll")
+        time.sleep(0.3)
+        assert syscall_of(svc.pid) in EPOLL_WAITS
+
+        t0 = time.monotonic()
+        report = must_inject(agent, svc.pid, timeout=3.0)
+        seconds = time.monotonic() - t0
+        print("\nidle %s %s: injected in %.2f s (safe point after %.0f ms, %s, %d woken, held %.0f ms)" % (
+            script.name, info["python"], seconds, report["waitMilliseconds"], report["safePointMethod"],
+            report["wokenThreads"], report["heldMilliseconds"]))
+        assert report["safePointMethod"] == "woken", report
+        assert report["wokenThreads"] >= 1, report
+        assert report["waitMilliseconds"] < 2500, report
+        assert tracer_pid(svc.pid) == 0
+        assert maps_has_provider(svc.pid)
+
+        # the connection opened before keeps working, and so does a new one
+        assert aio_results(client) == results
+        second = LineClient(port)
+        try:
+            assert second.request("gather", n=5, x=0)["results"] == [1, 4, 7, 10, 13]
+            assert aio_results(second) == results
+        finally:
+            second.close()
+
+        # a second injection while a request is in flight on another connection
+        wait_for(lambda: syscall_of(svc.pid) in EPOLL_WAITS, 5, what="loop idle in epoll again")
+        answers, errors = [], []
+
+        def during():
+            c = LineClient(port)
+            try:
+                time.sleep(0.1)
+                answers.append(c.request("compute", n=4, x=1)["results"])
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+            finally:
+                c.close()
+
+        th = threading.Thread(target=during)
+        th.start()
+        proc, report2 = inject(agent, svc.pid, timeout=3.0)
+        th.join(timeout=15)
+        assert proc.returncode == 0 and report2["code"] == 0, (proc.stderr, report2)
+        assert not errors and answers == [[4, 7, 10, 13]], (errors, answers)
+        assert aio_results(client) == results
+    finally:
+        if client:
+            client.close()
+    # SIGTERM: the loop's handler stops the server, main() returns 0
+    os.kill(svc.pid, signal.SIGTERM)
+    assert svc.proc.wait(timeout=10) == 0
+    assert "Traceback" not in svc.stderr(), svc.stderr()
+    try:
+        os.unlink(svc.stderr_path)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("interpreter,layout", LAYOUTS, ids=[interpreter_id(p) for p, _ in LAYOUTS])
+def test_inject_idle_asyncio_service(agent, interpreter, layout):
+    """Pure asyncio (asyncio.start_server), one thread, its loop idle in epoll_wait: no thread
+    ever calls PyEval_SaveThread on its own; the injector wakes the epoll wait (EINTR), the
+    loop retries through PyEval_SaveThread and the code runs there."""
+    check_idle_event_loop(agent, interpreter, ASYNCIO_SERVICE, expect_threads=1)
+
+
+def uvloop_python():
+    """A Python with uvloop importable (a throwaway venv from the pyenv 3.11), or None."""
+    py = UVLOOP_VENV / "bin" / "python"
+    ok = lambda: py.exists() and subprocess.run([str(py), "-c", "import uvloop"],  # noqa: E731
+                                                capture_output=True).returncode == 0
+    if ok():
+        return str(py)
+    if not os.access(PYENV_PYTHON, os.X_OK):
+        return None
+    try:
+        subprocess.run([PYENV_PYTHON, "-m", "venv", str(UVLOOP_VENV)], check=True, capture_output=True, timeout=120)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "uvloop"], check=True, capture_output=True,
+                       timeout=300)
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return str(py) if ok() else None
+
+
+@pytest.mark.xfail(reason="option B (PyGILState_Ensure at the interrupted epoll_pwait) not implemented yet",
+                   strict=True)
+def test_inject_idle_uvloop_service(agent):
+    """uvloop: libuv waits in epoll_pwait without the GIL and retries EINTR in C, so waking it
+    alone never reaches PyEval_SaveThread."""
+    py = uvloop_python()
+    if py is None:
+        pytest.skip("uvloop not installable here")
+    check_idle_event_loop(agent, py, UVLOOP_SERVICE)

@@ -26,6 +26,14 @@ enum msm_inject_error {
     MSM_INJECT_PYTHON_ERROR = 14,      // PyRun_SimpleString returned -1 (traceback on the target's stderr)
 };
 
+/// How the thread that ran the code reached the safe point (msm_inject_result.safe_point_method).
+enum msm_safe_point_method {
+    MSM_SAFE_POINT_NONE = 0,           // not reached
+    MSM_SAFE_POINT_NATURAL = 1,        // it called PyEval_SaveThread on its own
+    MSM_SAFE_POINT_WOKEN = 2,          // it was woken from an event-loop wait (epoll_wait & co.
+                                       // return EINTR; CPython retries through PyEval_SaveThread)
+};
+
 /// Where the interpreter lives in the target.
 enum msm_python_layout {
     MSM_LAYOUT_UNKNOWN = 0,
@@ -47,6 +55,9 @@ struct msm_inject_result {
     double wait_ms;             // time until a thread reached the safe point
     double held_ms;             // time that thread was held (running our code included)
     double total_ms;            // whole operation
+    int woken_threads;          // wake-ups sent to threads blocked in epoll_wait/epoll_pwait[2]
+                                // (PTRACE_INTERRUPT) because no thread reached the safe point
+    int safe_point_method;      // enum msm_safe_point_method
 };
 
 /// Runs `python_source` with PyRun_SimpleString in the already running CPython
