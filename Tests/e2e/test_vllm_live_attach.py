@@ -146,17 +146,20 @@ def agent(request):
 
 
 @pytest.fixture
-def plain_vllm(tmp_path):
+def plain_vllm():
     reason = vllm_missing_reason()
     if reason:
         pytest.skip(reason)
-    server = start_vllm_server(tmp_path)
+    # a short directory: vLLM's zmq ipc sockets live under TMPDIR (sun_path <= 107 bytes)
+    work = tempfile.mkdtemp(prefix="msmv-", dir="/tmp")
+    server = start_vllm_server(work)
     print("\nplain vllm serve pid %d on %s, started in %.1f s"
           % (server.pid, server.base_url, server.start_seconds))
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def completion(server, i):
@@ -231,15 +234,31 @@ def test_on_pid_plain_vllm_serve(agent, plain_vllm):
     runner = threading.Thread(target=run_on)
     runner.start()
     first = None
+    timeline = {}     # event -> seconds after the start of `on`
+    polls = []        # status polls: start+duration rc
+    last_status = 0.0
     try:
         while time.monotonic() - t0 < 90:
             try:
                 step = value(agent.scrape(), STEP + "_count", dp="0")
+                timeline.setdefault("first /metrics answer", time.monotonic() - t0)
             except Exception:  # noqa: BLE001 - not listening yet
                 step = None
             if step:
                 first = time.monotonic() - t0
                 break
+            if "proc" in result and "on returned" not in timeline:
+                timeline["on returned"] = time.monotonic() - t0
+            if time.monotonic() - last_status > 0.5:
+                last_status = time.monotonic()
+                st = agent.run("status", "--json", timeout=30)
+                polls.append("%.1f+%.1fs rc%d" % (last_status - t0, time.monotonic() - last_status, st.returncode))
+                if st.returncode == 0:
+                    for t in json.loads(st.stdout)["targets"]:
+                        for event, ok in (("pid %d %s" % (t["pid"], t["state"]), True),
+                                          ("pid %d acknowledged" % t["pid"], t.get("generation") is not None)):
+                            if ok and event not in timeline:
+                                timeline[event] = time.monotonic() - t0
             time.sleep(0.05)
     finally:
         runner.join(timeout=200)
@@ -251,6 +270,9 @@ def test_on_pid_plain_vllm_serve(agent, plain_vllm):
         api, proc.returncode, result["seconds"], proc.stdout, proc.stderr))
     print("time to first engine-core sample: %s s from the start of `on --pid` (%d background requests)"
           % ("%.2f" % first if first is not None else "none within 90", background["n"]))
+    print("timeline (s after the start of `on`, status polled every 0.5 s): " +
+          ", ".join("%s %.1f" % (k, v) for k, v in sorted(timeline.items(), key=lambda kv: kv[1])) +
+          "\nstatus polls (start+duration rc): " + ", ".join(polls))
     assert proc.returncode == 0, proc.stderr
     assert background["errors"] == [], background["errors"][:3]
     assert first is not None, "no engine_core_step sample within 90 s"
@@ -303,6 +325,9 @@ def test_on_pid_plain_vllm_serve(agent, plain_vllm):
     # 5 requests of 8 tokens: at least 8 more engine-core steps
     assert value(after, STEP + "_count", dp="0") >= s0 + MAX_TOKENS, (s0, value(after, STEP + "_count", dp="0"))
     assert value(after, EXECUTE + "_count", dp="0"), "executor:execute_model not counted in dp 0"
+
+    print("agent.log, injection and attach lines:\n" + "\n".join(
+        l for l in agent.log().splitlines() if "inject" in l or "attached" in l or "warning" in l))
 
     off = agent.run("off", timeout=120)
     print("off: rc=%d %s%s" % (off.returncode, off.stdout, off.stderr))
