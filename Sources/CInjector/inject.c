@@ -255,6 +255,10 @@ struct thread {
     int pending_sig;   // signal to deliver at detach
     int interrupted;   // PTRACE_INTERRUPT sent (to stop it for the detach)
     int woken;         // PTRACE_INTERRUPTs sent to wake it from an event-loop wait
+    int wake_stops;    // ... and the stops they caused (it was resumed: the wait saw EINTR)
+    int want_call;     // woken before, back in the wait without reaching the safe point (the
+                       // EINTR is retried in C, e.g. libuv): run the code at its next wake stop
+    int no_call;       // not a Python thread without the GIL: never run the code there
 };
 
 struct ctx {
@@ -427,7 +431,7 @@ static void handle_event(struct ctx *c, pid_t tid, int status) {
 /// PyEval_SaveThread, our armed safe point. poll/ppoll/select/pselect6 are not listed: the
 /// kernel restarts them transparently (-ERESTARTNOHAND without a handler), so waking them
 /// would achieve nothing; futex waits (locks, the GIL itself) and sleeps are never touched.
-enum { WAKE_GRACE_MS = 150, WAKE_INTERVAL_MS = 500 };
+enum { WAKE_GRACE_MS = 150, WAKE_INTERVAL_MS = 250 };
 
 static int is_event_wait(long nr) {
     return nr == 232 || nr == 281 || nr == 441;
@@ -449,6 +453,7 @@ static int wake_event_waiters(struct ctx *c) {
         struct thread *t = &c->t[i];
         if (t->state != T_RUNNING) continue;
         if (!is_event_wait(blocked_syscall(c->pid, t->tid))) continue;
+        if (t->woken && t->wake_stops && !t->no_call) t->want_call = 1;
         if (ptrace(PTRACE_INTERRUPT, t->tid, 0, 0) == 0) { t->woken++; woken++; }
         else if (errno == ESRCH) t->state = T_GONE;
     }
@@ -661,6 +666,7 @@ static int step_past(struct ctx *c, pid_t tid, double deadline) {
 
 struct target {
     uint64_t save_thread, pyrun, pyrun_flags, err_occurred;
+    uint64_t gil_ensure, gil_release, gil_check, gil_this;  // PyGILState_*
     char path[512];
     int layout;
 };
@@ -710,6 +716,10 @@ static int find_python(pid_t pid, const struct maps *m, struct target *tg, struc
             tg->pyrun = run;
             tg->pyrun_flags = runf;
             tg->err_occurred = elf_sym(&im, "PyErr_Occurred");
+            tg->gil_ensure = elf_sym(&im, "PyGILState_Ensure");
+            tg->gil_release = elf_sym(&im, "PyGILState_Release");
+            tg->gil_check = elf_sym(&im, "PyGILState_Check");
+            tg->gil_this = elf_sym(&im, "PyGILState_GetThisThreadState");
             snprintf(tg->path, sizeof tg->path, "%s", mp->path);
             snprintf(r->object_path, sizeof r->object_path, "%s", mp->path);
             tg->layout = (im.eh.e_type == ET_EXEC || is_exe) ? MSM_LAYOUT_STATIC : MSM_LAYOUT_SHARED;
@@ -771,6 +781,29 @@ static int find_python(pid_t pid, const struct maps *m, struct target *tg, struc
 
 // --------------------------------------------------------------------------- entry point
 
+/// A wake stop (PTRACE_INTERRUPT) of a thread marked want_call, right after its epoll wait
+/// returned -EINTR: the code can run there between PyGILState_Ensure and _Release. Only
+/// epoll_wait/epoll_pwait/epoll_pwait2 returning -EINTR (never restarted by the kernel, so
+/// restoring the registers as they are gives the caller exactly its EINTR); never a futex
+/// (a thread waiting for the GIL itself) or anything else.
+static int is_wait_call_point(struct ctx *c, const struct target *tg, pid_t tid, int status,
+                              struct user_regs_struct *regs) {
+    if (!WIFSTOPPED(status) || (status >> 16) != PTRACE_EVENT_STOP || is_stop_signal(WSTOPSIG(status))) return 0;
+    struct thread *t = find_thread(c, tid);
+    if (!t || !t->want_call || t->no_call) return 0;
+    if (!tg->gil_ensure || !tg->gil_release || !tg->gil_check || !tg->gil_this) return 0;
+    if (ptrace(PTRACE_GETREGS, tid, 0, regs) != 0) return 0;
+    return is_event_wait((long)regs->orig_rax) && (long long)regs->rax == -EINTR;
+}
+
+/// Counts the stops our wake-ups caused (see want_call).
+static void note_wake_stop(struct ctx *c, pid_t tid, int status) {
+    struct thread *t = find_thread(c, tid);
+    if (t && t->woken && WIFSTOPPED(status) && (status >> 16) == PTRACE_EVENT_STOP
+        && !is_stop_signal(WSTOPSIG(status)))
+        t->wake_stops++;
+}
+
 /// Every refusal, before anything is touched.
 static int preflight(pid_t pid, struct msm_inject_result *r, struct target *tg) {
     if (geteuid() != 0)
@@ -827,7 +860,7 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
         // 1. wait for a thread at the safe point
         pid_t tid = 0; int status = 0;
         struct user_regs_struct hit;
-        int got = 0, cr = CALL_ERROR;
+        int got = 0, cr = CALL_ERROR, at_wait = 0;
         while (!got) {
             if (c.exec_seen) { disarm(&c); rc = fail(r, MSM_INJECT_PROCESS_EXITED, "pid %d called exec; nothing was injected", pid); goto out; }
             // No thread at the safe point after a short grace period: wake the threads that
@@ -862,14 +895,27 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
                 }
                 if (rc) goto out;
                 got = 1;
+            } else if (is_wait_call_point(&c, &tg, tid, status, &hit)) {
+                // option B: the thread waits in epoll without the GIL; no breakpoint while
+                // our code runs there (it releases the GIL itself)
+                struct thread *t = find_thread(&c, tid);
+                t->state = T_STOPPED;
+                if (disarm(&c) != 0) {
+                    rc = fail(r, MSM_INJECT_PTRACE_ERROR, "cannot restore PyEval_SaveThread in pid %d", pid);
+                    goto out;
+                }
+                got = 1;
+                at_wait = 1;
             } else {
+                note_wake_stop(&c, tid, status);
                 handle_event(&c, tid, status);
             }
         }
         r->safe_point_hits++;
         r->wait_ms = now_ms() - t0;
         struct thread *hit_thread = find_thread(&c, tid);
-        r->safe_point_method = hit_thread && hit_thread->woken ? MSM_SAFE_POINT_WOKEN : MSM_SAFE_POINT_NATURAL;
+        r->safe_point_method = at_wait ? MSM_SAFE_POINT_EVENT_WAIT
+            : hit_thread && hit_thread->woken ? MSM_SAFE_POINT_WOKEN : MSM_SAFE_POINT_NATURAL;
         double held0 = now_ms();
 
         // 2. the thread holds the GIL at PyEval_SaveThread's entry; save it all
@@ -880,8 +926,37 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
         uint64_t below = (sv.regs.rsp - 128) & ~(uint64_t)15;  // below the red zone
         double call_deadline = now_ms() + 30000 + timeout_ms;
 
+        // 3b. at an interrupted epoll wait: only a Python thread (it has a thread state) that
+        // does not hold the GIL; then PyGILState_Ensure / PyRun_SimpleString / _Release
+        uint64_t gil_state = 0;
+        if (at_wait) {
+            uint64_t this_ts = 0, holds = 0;
+            cr = remote_call(&c, tid, &sv.regs, tg.gil_this, 0, 0, below, &this_ts, call_deadline);
+            if (cr != CALL_OK) goto call_failed;
+            if (this_ts) {
+                cr = remote_call(&c, tid, &sv.regs, tg.gil_check, 0, 0, below, &holds, call_deadline);
+                if (cr != CALL_OK) goto call_failed;
+            }
+            if (!this_ts || (int)holds != 0) {  // not for us: give it back, wait on
+                if (restore_regs(tid, &sv) != 0) { rc = fail(r, MSM_INJECT_PTRACE_ERROR, "cannot restore thread %d", tid); goto out; }
+                c.chosen = 0;
+                r->held_ms += now_ms() - held0;
+                hit_thread = find_thread(&c, tid);
+                hit_thread->no_call = 1;
+                hit_thread->want_call = 0;
+                if (arm(&c) != 0) {
+                    rc = fail(r, MSM_INJECT_PTRACE_ERROR, "pid %d: cannot re-arm the breakpoint; nothing was changed", pid);
+                    goto out;
+                }
+                if (ptrace(PTRACE_CONT, tid, 0, 0) == 0) hit_thread->state = T_RUNNING;
+                continue;
+            }
+            cr = remote_call(&c, tid, &sv.regs, tg.gil_ensure, 0, 0, below, &gil_state, call_deadline);
+            if (cr != CALL_OK) goto call_failed;
+        }
+
         // 3. a pending exception (PyErr_Occurred) makes this hit unusable: step on, re-arm
-        if (tg.err_occurred) {
+        if (tg.err_occurred && !at_wait) {
             uint64_t pending = 0;
             cr = remote_call(&c, tid, &sv.regs, tg.err_occurred, 0, 0, below, &pending, call_deadline);
             if (cr != CALL_OK) goto call_failed;
@@ -909,6 +984,11 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
             : remote_call(&c, tid, &sv.regs, tg.pyrun, str, 0, str - 64, &ret, call_deadline);
         if (cr != CALL_OK) goto call_failed;
         r->pyrun_result = (int)(int32_t)ret;
+        if (at_wait) {  // give the GIL back as it was (PyGILState_UNLOCKED: released again)
+            uint64_t ignored = 0;
+            cr = remote_call(&c, tid, &sv.regs, tg.gil_release, (uint32_t)gil_state, 0, below, &ignored, call_deadline);
+            if (cr != CALL_OK) goto call_failed;
+        }
         r->thread = tid;
         if (restore_regs(tid, &sv) != 0) { rc = fail(r, MSM_INJECT_PTRACE_ERROR, "cannot restore the registers of thread %d", tid); goto out; }
         r->held_ms += now_ms() - held0;

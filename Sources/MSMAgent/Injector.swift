@@ -21,7 +21,8 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
     public let safePointHits: Int
     /// Wake-ups sent to threads blocked in epoll_wait (an idle event loop) to reach the safe point.
     public let wokenThreads: Int
-    /// How the safe point was reached: "natural", "woken" (from an event-loop wait) or "none".
+    /// How the safe point was reached: "natural", "woken" (from an event-loop wait), "event-wait"
+    /// (the code ran at an interrupted epoll wait, between PyGILState_Ensure and _Release) or "none".
     public let safePointMethod: String
     public let waitMilliseconds: Double
     public let heldMilliseconds: Double
@@ -40,6 +41,8 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
                            threads, waitMilliseconds, heldMilliseconds, totalMilliseconds)
             if safePointMethod == "woken" {
                 text += "; safe point reached by waking \(wokenThreads) event-loop wait(s)"
+            } else if safePointMethod == "event-wait" {
+                text += "; ran at an interrupted event-loop wait (PyGILState_Ensure), \(wokenThreads) wake-up(s)"
             }
         }
         if let loaded = providerLoaded {
@@ -73,6 +76,7 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
         switch r.safe_point_method {
         case Int32(MSM_SAFE_POINT_NATURAL.rawValue): safePointMethod = "natural"
         case Int32(MSM_SAFE_POINT_WOKEN.rawValue): safePointMethod = "woken"
+        case Int32(MSM_SAFE_POINT_EVENT_WAIT.rawValue): safePointMethod = "event-wait"
         default: safePointMethod = "none"
         }
         waitMilliseconds = r.wait_ms

@@ -32,6 +32,9 @@ enum msm_safe_point_method {
     MSM_SAFE_POINT_NATURAL = 1,        // it called PyEval_SaveThread on its own
     MSM_SAFE_POINT_WOKEN = 2,          // it was woken from an event-loop wait (epoll_wait & co.
                                        // return EINTR; CPython retries through PyEval_SaveThread)
+    MSM_SAFE_POINT_EVENT_WAIT = 3,     // the EINTR is retried in C (libuv/uvloop): the code ran
+                                       // at the interrupted epoll wait of a Python thread without
+                                       // the GIL, between PyGILState_Ensure and _Release
 };
 
 /// Where the interpreter lives in the target.
