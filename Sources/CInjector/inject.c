@@ -944,6 +944,7 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
                 hit_thread = find_thread(&c, tid);
                 hit_thread->no_call = 1;
                 hit_thread->want_call = 0;
+                r->safe_point_method = MSM_SAFE_POINT_NONE;
                 if (arm(&c) != 0) {
                     rc = fail(r, MSM_INJECT_PTRACE_ERROR, "pid %d: cannot re-arm the breakpoint; nothing was changed", pid);
                     goto out;
@@ -963,6 +964,7 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
             if (restore_regs(tid, &sv) != 0) { rc = fail(r, MSM_INJECT_PTRACE_ERROR, "cannot restore thread %d", tid); goto out; }
             if (pending) {
                 c.chosen = 0;
+                r->safe_point_method = MSM_SAFE_POINT_NONE;
                 r->held_ms += now_ms() - held0;
                 if (step_past(&c, tid, deadline) != 0 || arm(&c) != 0) {
                     rc = fail(r, MSM_INJECT_PTRACE_ERROR, "pid %d: could not skip a safe point with a pending exception; nothing was changed", pid);

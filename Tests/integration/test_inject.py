@@ -732,3 +732,39 @@ def test_inject_idle_uvloop_service(agent):
     if py is None:
         pytest.skip("uvloop not installable here")
     check_idle_event_loop(agent, py, UVLOOP_SERVICE, method="event-wait")
+
+
+def test_epoll_wait_holding_the_gil_times_out_cleanly(agent, tmp_path):
+    """A thread that waits in epoll_wait while HOLDING the GIL (ctypes.PyDLL keeps it) and
+    retries without ever releasing it: waking it never reaches the safe point, and the code
+    must not run there either (PyGILState_Check: it holds the GIL). Clean timeout, nothing
+    changed, the process still handles SIGTERM."""
+    script = tmp_path / "gil_epoll.py"
+    script.write_text(
+        "import ctypes, select, signal, sys\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(5))\n"
+        "libc = ctypes.PyDLL(None)\n"
+        "ep = select.epoll()\n"
+        "buf = ctypes.create_string_buffer(64)\n"
+        "print('READY', flush=True)\n"
+        "while True:\n"
+        "    libc.epoll_wait(ep.fileno(), buf, 1, -1)\n")
+    p = subprocess.Popen([MAIN_PYTHONS[0], str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=plain_env())
+    try:
+        assert p.stdout.readline().decode().strip() == "READY"
+        wait_for(lambda: syscall_of(p.pid) in EPOLL_WAITS, 5, what="epoll_wait")
+        proc, report = inject(agent, p.pid, timeout=1.5)
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert report["code"] == 11 and report["pyRunResult"] == -2, report
+        assert report["wokenThreads"] >= 2 and report["safePointMethod"] == "none", report
+        assert "nothing was changed" in proc.stderr
+        assert tracer_pid(p.pid) == 0
+        assert not maps_has_provider(p.pid)
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=10) == 5
+        assert b"Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
