@@ -577,7 +577,6 @@ def test_injected_provider_is_collected_and_retires(agent, busy_targets, plain_s
 FIXTURES = SERVICE.parent
 ASYNCIO_SERVICE = FIXTURES / "asyncio_service.py"
 UVLOOP_SERVICE = FIXTURES / "uvloop_service.py"
-UVLOOP_VENV = Path(tempfile.gettempdir()) / "msm-test-uvloop-venv"
 
 
 class LineClient:
@@ -706,17 +705,16 @@ def test_inject_idle_asyncio_service(agent, interpreter, layout):
     check_idle_event_loop(agent, interpreter, ASYNCIO_SERVICE, expect_threads=1)
 
 
-def uvloop_python():
-    """A Python with uvloop importable (a throwaway venv from the pyenv 3.11), or None."""
-    py = UVLOOP_VENV / "bin" / "python"
+def uvloop_python(base):
+    """A Python with uvloop importable (a throwaway venv made from `base`), or None."""
+    venv = Path(tempfile.gettempdir()) / ("msm-test-uvloop-venv-" + interpreter_id(base))
+    py = venv / "bin" / "python"
     ok = lambda: py.exists() and subprocess.run([str(py), "-c", "import uvloop"],  # noqa: E731
                                                 capture_output=True).returncode == 0
     if ok():
         return str(py)
-    if not os.access(PYENV_PYTHON, os.X_OK):
-        return None
     try:
-        subprocess.run([PYENV_PYTHON, "-m", "venv", str(UVLOOP_VENV)], check=True, capture_output=True, timeout=120)
+        subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "uvloop"], check=True, capture_output=True,
                        timeout=300)
     except (subprocess.SubprocessError, OSError):
@@ -724,11 +722,16 @@ def uvloop_python():
     return str(py) if ok() else None
 
 
-def test_inject_idle_uvloop_service(agent):
+UVLOOP_BASES = [p for p in (pyenv_python(10), PYENV_PYTHON, pyenv_python(12), pyenv_python(13))
+                if p and os.access(p, os.X_OK)]
+
+
+@pytest.mark.parametrize("base", UVLOOP_BASES, ids=[interpreter_id(p) for p in UVLOOP_BASES])
+def test_inject_idle_uvloop_service(agent, base):
     """uvloop: libuv waits in epoll_pwait without the GIL and retries EINTR in C, so waking it
     alone never reaches PyEval_SaveThread: at the second wake the code runs at the interrupted
     epoll_pwait (PyGILState_Ensure/_Release), which then returns EINTR as before."""
-    py = uvloop_python()
+    py = uvloop_python(base)
     if py is None:
         pytest.skip("uvloop not installable here")
     check_idle_event_loop(agent, py, UVLOOP_SERVICE, method="event-wait")
