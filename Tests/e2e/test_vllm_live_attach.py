@@ -92,6 +92,9 @@ class Agent:
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
+    def status_targets(self):
+        return {t["pid"]: t for t in self.status()["targets"]}
+
     def scrape_text(self):
         with urllib.request.urlopen("http://%s/metrics" % self.listen, timeout=10) as resp:
             return resp.read().decode()
@@ -342,3 +345,57 @@ def test_on_pid_plain_vllm_serve(agent, plain_vllm):
     assert {api, engine[0], worker[0]} <= left, format_process_tree(server.process_tree())
     for pid in (api, engine[0], worker[0]):
         assert "TracerPid:\t0" in Path("/proc/%d/status" % pid).read_text()
+
+
+def test_on_pid_idle_plain_vllm_serve(agent, plain_vllm):
+    """The usual case: `on --pid` while the server is idle (no request in flight: the API
+    server waits in its event loop, the engine core and the worker wait for input). Every
+    process must be injected and attached when `on` returns, and measure what comes next."""
+    server = plain_vllm
+    completion(server, 0)
+    tree = server.process_tree()
+    print(format_process_tree(tree))
+    api = server.pid
+    engine = [p for p, _, t in tree if t.startswith("VLLM::EngineCore")]
+    worker = [p for p, _, t in tree if t.startswith("VLLM::Worker")]
+    assert engine and worker, format_process_tree(tree)
+    time.sleep(3.0)   # idle
+    t0 = time.monotonic()
+    proc = agent.run("on", "--pid", api, "--listen", agent.listen, "--timeout", 60, timeout=180)
+    seconds = time.monotonic() - t0
+    print("\nidle server: `on --pid %d` rc=%d after %.2f s:\n%s%s" % (api, proc.returncode, seconds,
+                                                                       proc.stdout, proc.stderr))
+    status = agent.status()
+    summary = {t["pid"]: (t["state"], t.get("role"), t.get("dp"), t.get("provider"), t.get("detail"))
+               for t in status["targets"]}
+    print("status targets: %s" % summary)
+    print("agent.log, injection lines:\n" + "\n".join(
+        l for l in agent.log().splitlines() if "inject" in l or "attached" in l or "warning" in l))
+    not_attached = {pid: summary.get(pid) for pid in (api, engine[0], worker[0])
+                    if summary.get(pid, ("missing",))[0] != "attached" or summary[pid][3] != "injected"}
+    recovery = None
+    if not_attached:
+        # does the agent's retry get them once requests flow?
+        t1 = time.monotonic()
+        while time.monotonic() - t1 < 30:
+            completion(server, 500)
+            targets = {t["pid"]: t for t in agent.status()["targets"]}
+            if all(targets.get(p, {}).get("state") == "attached" for p in not_attached):
+                recovery = "attached %.1f s after requests started" % (time.monotonic() - t1)
+                break
+        else:
+            recovery = "still not attached after 30 s of requests: %s" % {
+                p: (t.get("state"), t.get("detail")) for p, t in agent.status_targets().items() if p in not_attached}
+        print("idle server: " + recovery)
+    assert not not_attached, "not attached after `on --pid` on an idle vLLM: %s; %s" % (not_attached, recovery)
+    assert proc.returncode == 0, proc.stderr
+
+    t1 = time.monotonic()
+    for i in range(2):
+        completion(server, i)
+    wait_until(lambda: value(agent.scrape(), GENERATE + "_count", dp="-1") == 2, 20, "engine:generate count 2")
+    wait_until(lambda: (value(agent.scrape(), STEP + "_count", dp="0") or 0) >= MAX_TOKENS, 20,
+               "engine_core_step counted")
+    print("first requests after `on` measured within %.2f s" % (time.monotonic() - t1))
+    assert agent.run("off", timeout=120).returncode == 0
+    completion(server, 99)
