@@ -211,6 +211,8 @@ public actor Agent {
                 retire(pid)
             }
         }
+        var toAttach: [ProcessFacts] = []
+        var toRevive: [Int32] = []
         for pid in candidates.sorted() {
             guard let facts = ProcessTable.facts(pid) else { continue }
             if ignored[pid] == facts.startTime { continue }
@@ -219,15 +221,21 @@ public actor Agent {
                 switch known.state {
                 case .noProvider, .error:
                     // Still starting up, or a retryable injection failure: try again when due.
-                    if known.retryAt.map({ ContinuousClock.now >= $0 }) ?? true { await attach(facts) }
+                    if known.retryAt.map({ ContinuousClock.now >= $0 }) ?? true { toAttach.append(facts) }
                 case .attached:
-                    await reviveSilentProvider(pid)
+                    toRevive.append(pid)
                 case .exited:
                     break
                 }
                 continue
             }
-            await attach(facts)
+            toAttach.append(facts)
+        }
+        // Concurrently: an injection waits (up to seconds) for a safe point in its target;
+        // one process that never reaches one must not hold up the others.
+        await withTaskGroup(of: Void.self) { group in
+            for facts in toAttach { group.addTask { await self.attach(facts) } }
+            for pid in toRevive { group.addTask { await self.reviveSilentProvider(pid) } }
         }
         // Forget exited targets after a grace period: their last events are drained first.
         for (pid, target) in targets where target.state == .exited {
@@ -303,7 +311,10 @@ public actor Agent {
         target.injecting = true
         targets[pid] = target
         let runtime = settings.runtime
-        let outcome = await Task.detached { () -> InjectionOutcome in
+        // A dedicated thread, not the concurrency pool: the injector blocks for up to its
+        // timeout waiting for a safe point, and a few such waits (vLLM's helper processes)
+        // would otherwise starve the pool that ingestion, status and scrapes run on.
+        let outcome = await runOnDedicatedThread { () -> InjectionOutcome in
             do {
                 let directory = try runtime.installProvider()
                 return .injected(try Injector.injectProvider(pid: pid, providerDirectory: directory,
@@ -313,7 +324,7 @@ public actor Agent {
             } catch {
                 return .failed(code: Int32(MSM_INJECT_PTRACE_ERROR.rawValue), message: "\(error)")
             }
-        }.value
+        }
         target.injecting = false
         target.injectionAttempts += 1
         switch outcome {
@@ -339,7 +350,10 @@ public actor Agent {
             target.detail = message
             let retryable = code == Int32(MSM_INJECT_TIMEOUT.rawValue) || code == Int32(MSM_INJECT_ALREADY_TRACED.rawValue)
                 || code == Int32(MSM_INJECT_PTRACE_ERROR.rawValue)
-            target.retryAt = retryable && target.injectionAttempts < 5 ? .now + .seconds(5) : .now + .seconds(3600)
+            // A process with no safe point now (idle, blocked in a lock wait) usually gets one
+            // as soon as work arrives: keep trying, every 5 s for 5 minutes, then every minute.
+            target.retryAt = !retryable ? .now + .seconds(3600)
+                : target.injectionAttempts < 60 ? .now + .seconds(5) : .now + .seconds(60)
             logger.warning("cannot inject the provider", metadata: ["pid": "\(pid)", "error": "\(message)"])
             return false
         }
@@ -465,6 +479,15 @@ public actor Agent {
         case let .file(path): return try ConfigParser.load(path: path)
         case .builtIn: return try ConfigParser.parse(yaml: defaultText, file: ConfigSource.builtInName)
         }
+    }
+}
+
+/// Runs blocking work on its own OS thread and resumes the caller with the result.
+func runOnDedicatedThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        let thread = Thread { continuation.resume(returning: work()) }
+        thread.name = "msm-inject"
+        thread.start()
     }
 }
 

@@ -47,7 +47,11 @@ public final class ControlSocketServer: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return
             }
-            serve(client)
+            // One thread per connection: a long `on` (waiting for injections and acks) must
+            // not hold up `status` or `off`.
+            let worker = Thread { [self] in self.serve(client) }
+            worker.name = "msm-control-client"
+            worker.start()
         }
     }
 
