@@ -11,3 +11,5 @@ echo "== provider tests (Python)"
 python3 -m pytest -q Tests/provider
 echo "== integration tests (root, real BPF, real processes)"
 MSM_BIN="$PWD/.build/debug/ms-service-metric" python3 -m pytest -v Tests/integration
+echo "== end-to-end tests (a real vllm serve; needs scripts/vllm-setup.sh, skipped without it)"
+MSM_BIN="$PWD/.build/debug/ms-service-metric" python3 -m pytest -v -s Tests/e2e

@@ -216,6 +216,10 @@ public actor Agent {
         for pid in candidates.sorted() {
             guard let facts = ProcessTable.facts(pid) else { continue }
             if ignored[pid] == facts.startTime { continue }
+            if !roots.contains(pid), ProcessRole.isPythonHelper(title: facts.title) {
+                ignored[pid] = facts.startTime
+                continue
+            }
             if let known = targets[pid], known.startTime == facts.startTime {
                 if known.injecting { continue }
                 switch known.state {

@@ -26,6 +26,18 @@ public struct ProcessRole: Sendable, Equatable {
         Rule(pattern: #"VLLM::APIServer"#, role: "api_server", dp: -1, inheritsRank: false),
     ]
 
+    /// Python's own helper processes that run no application code: never targets (the
+    /// resource tracker waits in read() forever, so it could not be injected anyway).
+    static let helperMarkers = [
+        "from multiprocessing.resource_tracker import main",
+        "from multiprocessing.forkserver import main",
+        "from multiprocessing.semaphore_tracker import main",
+    ]
+
+    public static func isPythonHelper(title: String) -> Bool {
+        helperMarkers.contains { title.contains($0) }
+    }
+
     public static func classify(title: String) -> ProcessRole {
         for rule in rules {
             guard let regex = try? NSRegularExpression(pattern: rule.pattern),
