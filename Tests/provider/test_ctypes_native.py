@@ -1,5 +1,6 @@
 """The ctypes fallback packs exactly the bytes the C extension packs."""
 import os
+import sys
 
 
 def CtypesNative(path):
@@ -44,3 +45,18 @@ def test_semaphore_and_real_emit_call(native, native_dir):
     assert fallback.semaphore() == 0  # no agent attached
     fallback.emit(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")  # the real marker: a nop without uprobe
     assert fallback.now_ns() > 0
+
+
+def test_load_native_falls_back_to_ctypes(native, native_dir, monkeypatch):
+    """When the extension cannot be imported, load_native returns the ctypes binding."""
+    import importlib.util
+    from msm_provider import provider as provider_module
+
+    def refuse(*args, **kwargs):
+        raise ImportError("simulated: no stable-ABI support")
+
+    monkeypatch.setattr(importlib.util, "spec_from_file_location", refuse)
+    monkeypatch.delitem(sys.modules, "_msm_probe", raising=False)
+    binding = provider_module.load_native(os.path.join(native_dir, "_msm_probe.abi3.so"))
+    assert type(binding).__name__ == "CtypesNative"
+    assert binding.semaphore() == 0

@@ -60,11 +60,17 @@ def load_native(path=None):
                 raise
         path = os.path.join(d, "_msm_probe.abi3.so")
     import importlib.util
-    spec = importlib.util.spec_from_file_location("_msm_probe", path)
-    if spec is None:
-        raise ImportError("cannot load %s" % path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    try:
+        spec = importlib.util.spec_from_file_location("_msm_probe", path)
+        if spec is None:
+            raise ImportError("cannot load %s" % path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except ImportError:
+        # An interpreter that cannot load the stable-ABI extension (e.g. a free-threaded
+        # build) still reaches the same markers through ctypes, only slower.
+        from .ctypes_native import CtypesNative
+        return CtypesNative(path)
     sys.modules["_msm_probe"] = mod
     return mod
 
