@@ -710,7 +710,7 @@ def test_descendants_injected_including_later_ones_not_non_python(agent, plain):
 def test_on_pid_private_mount_namespace(agent, plain, runtime_dir):
     prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
               'mount -t tmpfs none /tmp && exec "$0" "$@"']
-    svc = plain(MAIN_PYTHON, prefix=prefix)
+    svc = plain(MAIN_PYTHON, prefix=prefix, script=fixtures_outside_tmp())
     assert os.readlink("/proc/%d/ns/mnt" % svc.pid) != os.readlink("/proc/self/ns/mnt")
     assert not os.path.exists("/proc/%d/root%s" % (svc.pid, runtime_dir))
     python = svc.pid_info()["python"]
@@ -787,3 +787,13 @@ def test_time_to_first_sample(agent, plain):
     print("\ntime to first sample: %s s from the start of `on --pid` (`on` returned after %.2f s)"
           % ("%.2f" % first if first is not None else "none within 15", result["seconds"]))
     assert first is not None and first < 10.0
+
+
+def fixtures_outside_tmp():
+    """The fixture service, copied where a private /tmp cannot hide it: the mount-namespace
+    tests mount a tmpfs over /tmp, and the checkout itself may live under /tmp."""
+    import shutil
+    target = Path("/var/tmp/msm-test-fixtures")
+    shutil.copytree(str(FIXTURES), str(target), dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return target / SERVICE.name
