@@ -14,7 +14,10 @@
 //      and is never delivered;
 //      If no thread traps within a short grace period, threads blocked in epoll_wait (an
 //      idle asyncio loop) are woken with PTRACE_INTERRUPT: epoll_wait returns EINTR,
-//      CPython retries through PyEval_SaveThread and traps (wake_event_waiters);
+//      CPython retries through PyEval_SaveThread and traps (wake_event_waiters); threads
+//      whose EINTR is retried in C, and (from the second wake round) threads blocked in a
+//      wait the kernel restarts (futex, read, poll, ppoll), run the code at their interrupt
+//      stop if they are Python threads without the GIL (PyGILState_Ensure/_Release);
 //   5. restore every register (rip = PyEval_SaveThread, which then runs normally),
 //      stop every other thread (PTRACE_INTERRUPT) and detach all, re-delivering any
 //      signal that arrived meanwhile.
@@ -235,14 +238,21 @@ bad:
     return -1;
 }
 
-/// Runtime address of a defined dynamic symbol, 0 if absent.
-static uint64_t elf_sym(const struct elf_image *im, const char *name) {
+/// Runtime address (and size) of a defined dynamic symbol, 0 if absent.
+static uint64_t elf_sym_sized(const struct elf_image *im, const char *name, uint64_t *size) {
     for (size_t i = 0; i < im->nsyms; i++) {
         const Elf64_Sym *s = &im->syms[i];
         if (s->st_shndx == SHN_UNDEF || s->st_value == 0 || s->st_name >= im->strsz) continue;
-        if (strcmp(im->strs + s->st_name, name) == 0) return im->bias + s->st_value;
+        if (strcmp(im->strs + s->st_name, name) == 0) {
+            if (size) *size = s->st_size;
+            return im->bias + s->st_value;
+        }
     }
     return 0;
+}
+
+static uint64_t elf_sym(const struct elf_image *im, const char *name) {
+    return elf_sym_sized(im, name, NULL);
 }
 
 // --------------------------------------------------------------------------- tracing state
@@ -259,6 +269,7 @@ struct thread {
     int want_call;     // woken before, back in the wait without reaching the safe point (the
                        // EINTR is retried in C, e.g. libuv): run the code at its next wake stop
     int no_call;       // not a Python thread without the GIL: never run the code there
+    int blocked_wait;  // woken from a restartable blocking wait (futex/read/poll/ppoll)
 };
 
 struct ctx {
@@ -272,6 +283,7 @@ struct ctx {
     int detaching;         // every stop is kept (recorded) instead of resumed
     int exec_seen;
     pid_t chosen;          // the thread running our code (its stops are handled by the caller)
+    int wake_rounds;       // wake_event_waiters calls so far
 };
 
 static struct thread *find_thread(struct ctx *c, pid_t tid) {
@@ -404,6 +416,10 @@ static void handle_event(struct ctx *c, pid_t tid, int status) {
             return;
         }
         // PTRACE_INTERRUPT, a new clone's first stop, or the end of a group-stop
+        if (t->blocked_wait && t->want_call) {  // its blocked-wait stop came while another
+            t->blocked_wait = 0;                // thread was busy: a later wake round retries
+            t->want_call = 0;
+        }
         if (c->detaching) return;
     } else if (ev == 0) {
         // our breakpoint hit by a thread after we chose another one / disarmed
@@ -437,6 +453,22 @@ static int is_event_wait(long nr) {
     return nr == 232 || nr == 281 || nr == 441;
 }
 
+/// Blocking waits the kernel restarts transparently after a PTRACE_INTERRUPT (no handler
+/// runs): futex (a lock, queue.Queue.get), read (a pipe), poll, ppoll (zmq). Waking them never
+/// reaches PyEval_SaveThread; from the second wake round on they are interrupted and, if
+/// the thread is a Python thread without the GIL stopped inside the wait (rax -ERESTARTSYS or
+/// -ERESTARTNOHAND), the code runs there between PyGILState_Ensure and _Release; every register
+/// (orig_rax included) is then restored as at the interrupt stop, so the kernel restarts the
+/// syscall on resume exactly as it would have without us. -ERESTART_RESTARTBLOCK (a wait with
+/// a timeout: poll(timeout), pthread_cond_timedwait, i.e. also take_gil's GIL condvar) is
+/// never used: the code could overwrite the thread's restart_block before the restart. Nor is
+/// a futex inside _PyRuntime (the GIL's mutex/condvar: see is_wait_call_point).
+static int is_restartable_wait(long nr) {
+    return nr == 202 || nr == 0 || nr == 7 || nr == 271;
+}
+
+enum { K_ERESTARTSYS = 512, K_ERESTARTNOHAND = 514, K_ERESTART_RESTARTBLOCK = 516 };
+
 /// Syscall a traced thread is blocked in (/proc/PID/task/TID/syscall), -1 if running/unknown.
 static long blocked_syscall(pid_t pid, pid_t tid) {
     char path[96], buf[256];
@@ -452,11 +484,20 @@ static int wake_event_waiters(struct ctx *c) {
     for (size_t i = 0; i < c->n; i++) {
         struct thread *t = &c->t[i];
         if (t->state != T_RUNNING) continue;
-        if (!is_event_wait(blocked_syscall(c->pid, t->tid))) continue;
+        long nr = blocked_syscall(c->pid, t->tid);
+        if (is_restartable_wait(nr) && c->wake_rounds >= 1 && !t->no_call && !t->blocked_wait) {
+            t->blocked_wait = 1;  // at its wake stop the code runs there, or it is retried later
+            t->want_call = 1;
+            if (ptrace(PTRACE_INTERRUPT, t->tid, 0, 0) == 0) { t->woken++; woken++; }
+            else if (errno == ESRCH) t->state = T_GONE;
+            continue;
+        }
+        if (!is_event_wait(nr)) continue;
         if (t->woken && t->wake_stops && !t->no_call) t->want_call = 1;
         if (ptrace(PTRACE_INTERRUPT, t->tid, 0, 0) == 0) { t->woken++; woken++; }
         else if (errno == ESRCH) t->state = T_GONE;
     }
+    c->wake_rounds++;
     return woken;
 }
 
@@ -667,6 +708,7 @@ static int step_past(struct ctx *c, pid_t tid, double deadline) {
 struct target {
     uint64_t save_thread, pyrun, pyrun_flags, err_occurred;
     uint64_t gil_ensure, gil_release, gil_check, gil_this;  // PyGILState_*
+    uint64_t runtime, runtime_size;  // _PyRuntime (holds the main interpreter's GIL mutex + condvar)
     char path[512];
     int layout;
 };
@@ -720,6 +762,7 @@ static int find_python(pid_t pid, const struct maps *m, struct target *tg, struc
             tg->gil_release = elf_sym(&im, "PyGILState_Release");
             tg->gil_check = elf_sym(&im, "PyGILState_Check");
             tg->gil_this = elf_sym(&im, "PyGILState_GetThisThreadState");
+            tg->runtime = elf_sym_sized(&im, "_PyRuntime", &tg->runtime_size);
             snprintf(tg->path, sizeof tg->path, "%s", mp->path);
             snprintf(r->object_path, sizeof r->object_path, "%s", mp->path);
             tg->layout = (im.eh.e_type == ET_EXEC || is_exe) ? MSM_LAYOUT_STATIC : MSM_LAYOUT_SHARED;
@@ -784,16 +827,37 @@ static int find_python(pid_t pid, const struct maps *m, struct target *tg, struc
 /// A wake stop (PTRACE_INTERRUPT) of a thread marked want_call, right after its epoll wait
 /// returned -EINTR: the code can run there between PyGILState_Ensure and _Release. Only
 /// epoll_wait/epoll_pwait/epoll_pwait2 returning -EINTR (never restarted by the kernel, so
-/// restoring the registers as they are gives the caller exactly its EINTR); never a futex
-/// (a thread waiting for the GIL itself) or anything else.
+/// restoring the registers as they are gives the caller exactly its EINTR); or, for a thread
+/// woken from a restartable wait (blocked_wait), that wait interrupted with -ERESTARTSYS /
+/// -ERESTARTNOHAND (restarted by the kernel once the registers are restored), never the GIL's
+/// own futexes.
 static int is_wait_call_point(struct ctx *c, const struct target *tg, pid_t tid, int status,
-                              struct user_regs_struct *regs) {
+                              struct user_regs_struct *regs, int *blocked) {
     if (!WIFSTOPPED(status) || (status >> 16) != PTRACE_EVENT_STOP || is_stop_signal(WSTOPSIG(status))) return 0;
     struct thread *t = find_thread(c, tid);
     if (!t || !t->want_call || t->no_call) return 0;
     if (!tg->gil_ensure || !tg->gil_release || !tg->gil_check || !tg->gil_this) return 0;
     if (ptrace(PTRACE_GETREGS, tid, 0, regs) != 0) return 0;
-    return is_event_wait((long)regs->orig_rax) && (long long)regs->rax == -EINTR;
+    long long rax = (long long)regs->rax;
+    if (t->blocked_wait) {  // see is_restartable_wait
+        t->want_call = 0;
+        // A futex inside _PyRuntime is the GIL's own mutex or condvar (3.10-3.13 keep the main
+        // interpreter's GIL there): a thread in take_gil or, worse, in drop_gil (it has already
+        // cleared its thread state, so PyGILState_Check says 0, but it still holds the GIL)
+        // must never enter PyGILState_Ensure. Without _PyRuntime no futex is used at all.
+        int gil_futex = regs->orig_rax == 202
+            && (!tg->runtime || !tg->runtime_size
+                || (regs->rdi >= tg->runtime && regs->rdi < tg->runtime + tg->runtime_size));
+        if (is_restartable_wait((long)regs->orig_rax) && !gil_futex
+            && (rax == -K_ERESTARTSYS || rax == -K_ERESTARTNOHAND)) {
+            *blocked = 1;
+            return 1;
+        }
+        t->blocked_wait = 0;  // not usable at this stop: a later wake round may try again
+        return 0;
+    }
+    *blocked = 0;
+    return is_event_wait((long)regs->orig_rax) && rax == -EINTR;
 }
 
 /// Counts the stops our wake-ups caused (see want_call).
@@ -860,7 +924,7 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
         // 1. wait for a thread at the safe point
         pid_t tid = 0; int status = 0;
         struct user_regs_struct hit;
-        int got = 0, cr = CALL_ERROR, at_wait = 0;
+        int got = 0, cr = CALL_ERROR, at_wait = 0, at_blocked = 0;
         while (!got) {
             if (c.exec_seen) { disarm(&c); rc = fail(r, MSM_INJECT_PROCESS_EXITED, "pid %d called exec; nothing was injected", pid); goto out; }
             // No thread at the safe point after a short grace period: wake the threads that
@@ -895,7 +959,7 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
                 }
                 if (rc) goto out;
                 got = 1;
-            } else if (is_wait_call_point(&c, &tg, tid, status, &hit)) {
+            } else if (is_wait_call_point(&c, &tg, tid, status, &hit, &at_blocked)) {
                 // option B: the thread waits in epoll without the GIL; no breakpoint while
                 // our code runs there (it releases the GIL itself)
                 struct thread *t = find_thread(&c, tid);
@@ -914,7 +978,8 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
         r->safe_point_hits++;
         r->wait_ms = now_ms() - t0;
         struct thread *hit_thread = find_thread(&c, tid);
-        r->safe_point_method = at_wait ? MSM_SAFE_POINT_EVENT_WAIT
+        r->safe_point_method = at_blocked ? MSM_SAFE_POINT_BLOCKED_WAIT
+            : at_wait ? MSM_SAFE_POINT_EVENT_WAIT
             : hit_thread && hit_thread->woken ? MSM_SAFE_POINT_WOKEN : MSM_SAFE_POINT_NATURAL;
         double held0 = now_ms();
 

@@ -22,7 +22,8 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
     /// Wake-ups sent to threads blocked in epoll_wait (an idle event loop) to reach the safe point.
     public let wokenThreads: Int
     /// How the safe point was reached: "natural", "woken" (from an event-loop wait), "event-wait"
-    /// (the code ran at an interrupted epoll wait, between PyGILState_Ensure and _Release) or "none".
+    /// (the code ran at an interrupted epoll wait, between PyGILState_Ensure and _Release),
+    /// "blocked-wait" (the same at an interrupted futex/read/poll wait, restarted afterwards) or "none".
     public let safePointMethod: String
     public let waitMilliseconds: Double
     public let heldMilliseconds: Double
@@ -43,6 +44,8 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
                 text += "; safe point reached by waking \(wokenThreads) event-loop wait(s)"
             } else if safePointMethod == "event-wait" {
                 text += "; ran at an interrupted event-loop wait (PyGILState_Ensure), \(wokenThreads) wake-up(s)"
+            } else if safePointMethod == "blocked-wait" {
+                text += "; ran at an interrupted blocking wait (futex/read/poll, PyGILState_Ensure; the wait was restarted), \(wokenThreads) wake-up(s)"
             }
         }
         if let loaded = providerLoaded {
@@ -77,6 +80,7 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
         case Int32(MSM_SAFE_POINT_NATURAL.rawValue): safePointMethod = "natural"
         case Int32(MSM_SAFE_POINT_WOKEN.rawValue): safePointMethod = "woken"
         case Int32(MSM_SAFE_POINT_EVENT_WAIT.rawValue): safePointMethod = "event-wait"
+        case Int32(MSM_SAFE_POINT_BLOCKED_WAIT.rawValue): safePointMethod = "blocked-wait"
         default: safePointMethod = "none"
         }
         waitMilliseconds = r.wait_ms

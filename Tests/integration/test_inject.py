@@ -774,6 +774,117 @@ def test_epoll_wait_holding_the_gil_times_out_cleanly(agent, tmp_path):
             p.wait()
 
 
+BLOCKED_WAITS = FIXTURES / "blocked_waits.py"
+FUTEX, READ = 202, 0
+
+
+@pytest.mark.parametrize("mode", ["queue", "read"])
+@pytest.mark.parametrize("interpreter,layout", LAYOUTS, ids=[interpreter_id(p) for p, _ in LAYOUTS])
+def test_inject_threads_blocked_in_futex_and_read(agent, tmp_path, interpreter, layout, mode):
+    """Like an idle vLLM engine core: every thread blocks in a wait the kernel restarts after a
+    ptrace interrupt (queue.Queue.get() -> futex, os.read() on a pipe), so nothing ever reaches
+    PyEval_SaveThread. The code runs at the interrupted wait of a Python thread without the
+    GIL (blocked-wait); every register is restored as at the interrupt stop and the kernel
+    restarts the syscall: the thread waits in the same syscall again, a later put() reaches
+    the blocked get(), a later write the blocked read(); SIGTERM is still handled."""
+    ctl = tmp_path / "ctl"
+    os.mkfifo(ctl)
+    p = subprocess.Popen([interpreter, str(BLOCKED_WAITS), str(ctl), mode], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=plain_env(), text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True).start()
+    ctl_fd = None
+
+    def send(cmd, expect):
+        n = len(lines)
+        os.write(ctl_fd, (cmd + "\n").encode())
+        wait_for(lambda: expect in lines[n:], 5, what=expect)
+
+    try:
+        wait_for(lambda: any(l.startswith("READY") for l in lines), 10, what="READY")
+        ctl_fd = os.open(ctl, os.O_WRONLY)
+        send("put a1", "GOT a1\n")
+        send("data d1", "READ d1\n")
+        tids = sorted(int(t) for t in os.listdir("/proc/%d/task" % p.pid))
+        assert len(tids) == 3, tids
+        idle = lambda: all(syscall_of(p.pid, t) in (FUTEX, READ) for t in tids)  # noqa: E731
+        wait_for(idle, 5, what="every thread blocked in futex/read")
+        time.sleep(0.3)
+        before = {t: syscall_of(p.pid, t) for t in tids}
+        assert before[p.pid] == (FUTEX if mode == "queue" else READ), before
+
+        report = must_inject(agent, p.pid, timeout=3.0)
+        print("\nblocked %s %s: safe point after %.0f ms (%s, %d woken, thread %d in syscall %s), held %.0f ms" % (
+            mode, interpreter, report["waitMilliseconds"], report["safePointMethod"], report["wokenThreads"],
+            report["thread"], before.get(report["thread"]), report["heldMilliseconds"]))
+        assert report["safePointMethod"] == "blocked-wait", report
+        assert report["thread"] in tids and before[report["thread"]] in (FUTEX, READ), report
+        assert tracer_pid(p.pid) == 0
+        assert maps_has_provider(p.pid)
+        # the interrupted syscall was restarted: the same waits, no thread died of an errno
+        wait_for(lambda: all(syscall_of(p.pid, t) == before[t] for t in tids), 5,
+                 what="the same syscalls as before the injection")
+        assert p.poll() is None
+        send("put a2", "GOT a2\n")
+        send("data d2", "READ d2\n")
+        send("put a3", "GOT a3\n")
+        send("data d3", "READ d3\n")
+        assert [l for l in lines if not l.startswith("READY")] == [
+            "GOT a1\n", "READ d1\n", "GOT a2\n", "READ d2\n", "GOT a3\n", "READ d3\n"], lines
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=10) == 0
+        err = p.stderr.read()
+        assert "Traceback" not in err and "Fatal" not in err, err
+        assert "TERM\n" in lines
+    finally:
+        if ctl_fd is not None:
+            os.close(ctl_fd)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_read_holding_the_gil_times_out_cleanly(agent, tmp_path):
+    """A thread blocked in read() while HOLDING the GIL (ctypes.PyDLL): it is interrupted once
+    (a restartable wait), but the code must not run there (PyGILState_Check); the read is
+    restarted, it still returns what is written later; clean timeout, nothing changed."""
+    script = tmp_path / "gil_read.py"
+    script.write_text(
+        "import ctypes, os, signal, sys\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(5))\n"
+        "libc = ctypes.PyDLL(None)\n"
+        "r, w = os.pipe()\n"
+        "buf = ctypes.create_string_buffer(64)\n"
+        "print('READY', w, flush=True)\n"
+        "n = libc.read(r, buf, 64)\n"
+        "print('READ', n, buf.value.decode(), flush=True)\n"
+        "signal.pause()\n")
+    p = subprocess.Popen([MAIN_PYTHONS[0], str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=plain_env(), text=True)
+    try:
+        ready = p.stdout.readline().split()
+        assert ready[0] == "READY", ready
+        wait_for(lambda: syscall_of(p.pid) == READ, 5, what="read")
+        proc, report = inject(agent, p.pid, timeout=1.5)
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert report["code"] == 11 and report["pyRunResult"] == -2, report
+        assert report["wokenThreads"] == 1 and report["safePointMethod"] == "none", report
+        assert tracer_pid(p.pid) == 0
+        assert not maps_has_provider(p.pid)
+        assert syscall_of(p.pid) == READ  # restarted
+        w = os.open("/proc/%d/fd/%s" % (p.pid, ready[1]), os.O_WRONLY)
+        os.write(w, b"hello")
+        os.close(w)
+        assert p.stdout.readline() == "READ 5 hello\n"
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=10) == 5
+        assert "Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def fixtures_outside_tmp():
     """The fixture service, copied where a private /tmp cannot hide it: the mount-namespace
     tests mount a tmpfs over /tmp, and the checkout itself may live under /tmp."""

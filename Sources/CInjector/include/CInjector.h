@@ -35,6 +35,9 @@ enum msm_safe_point_method {
     MSM_SAFE_POINT_EVENT_WAIT = 3,     // the EINTR is retried in C (libuv/uvloop): the code ran
                                        // at the interrupted epoll wait of a Python thread without
                                        // the GIL, between PyGILState_Ensure and _Release
+    MSM_SAFE_POINT_BLOCKED_WAIT = 4,   // as EVENT_WAIT, at a blocking wait the kernel restarts
+                                       // (futex, read, poll, ppoll without a timeout) interrupted
+                                       // by ptrace; the syscall is restarted afterwards
 };
 
 /// Where the interpreter lives in the target.
