@@ -566,3 +566,57 @@ def baseline_factory():
 @pytest.fixture
 def baseline(baseline_factory, python):
     return baseline_factory(python)
+
+
+# ---- helpers shared by the lifecycle, injection and live-attach tests ----
+
+def restorable(identity):
+    """The parts of the fixture's /identity that `off` must restore exactly."""
+    return {k: identity[k] for k in ("semantic", "objects", "runtime")}
+
+
+def diff(a, b, path=""):
+    """First few differing paths between two JSON values (for messages)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += diff(a.get(k), b.get(k), "%s/%s" % (path, k))
+        return out[:10]
+    return [] if a == b else ["%s: %r != %r" % (path, a, b)]
+
+
+def fixtures_outside_tmp():
+    """The fixture service, copied where a private /tmp cannot hide it: the mount-namespace
+    tests mount a tmpfs over /tmp, and the checkout itself may live under /tmp."""
+    target = Path("/var/tmp/msm-test-fixtures")
+    shutil.copytree(str(FIXTURES), str(target), dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return target / SERVICE.name
+
+
+class AsyncioClient:
+    """One kept-open connection to Tests/fixtures/asyncio_service.py (JSON lines)."""
+
+    def __init__(self, port, timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rwb")
+
+    def request(self, op, **params):
+        self.file.write(json.dumps(dict(params, op=op)).encode() + b"\n")
+        self.file.flush()
+        line = self.file.readline()
+        assert line, "asyncio service closed the connection"
+        answer = json.loads(line)
+        assert answer.pop("ok") is True, answer
+        return answer
+
+    def close(self):
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+AIO_CALLS = [("compute", {"n": 4, "x": 1}), ("gather", {"n": 6, "x": 2}), ("method", {"n": 3}),
+             ("stream", {"n": 2, "x": 3}), ("fail", {"n": 2}), ("sync", {"n": 3, "x": 9})]

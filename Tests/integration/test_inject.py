@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (DEBIAN_PYTHON, PYENV_PYTHON, SERVICE, free_port, interpreter_id,
-                      start_service, wait_for)
+                      AIO_CALLS, AsyncioClient, fixtures_outside_tmp, start_service, wait_for)
 
 PYENV = "/root/.pyenv/versions"
 
@@ -580,35 +580,6 @@ ASYNCIO_SERVICE = FIXTURES / "asyncio_service.py"
 UVLOOP_SERVICE = FIXTURES / "uvloop_service.py"
 
 
-class LineClient:
-    """One kept-open connection to the asyncio fixture service (JSON lines)."""
-
-    def __init__(self, port, timeout=10.0):
-        import socket
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.file = self.sock.makefile("rwb")
-
-    def request(self, op, **params):
-        self.file.write(json.dumps(dict(params, op=op)).encode() + b"\n")
-        self.file.flush()
-        line = self.file.readline()
-        assert line, "asyncio service closed the connection"
-        answer = json.loads(line)
-        assert answer.pop("ok") is True, answer
-        return answer
-
-    def close(self):
-        try:
-            self.file.close()
-            self.sock.close()
-        except OSError:
-            pass
-
-
-AIO_CALLS = [("compute", {"n": 4, "x": 1}), ("gather", {"n": 6, "x": 2}), ("method", {"n": 3}),
-             ("stream", {"n": 2, "x": 3}), ("fail", {"n": 2}), ("sync", {"n": 3, "x": 9})]
-
-
 def aio_results(client):
     return [(op, client.request(op, **params)["results"]) for op, params in AIO_CALLS]
 
@@ -631,7 +602,7 @@ def check_idle_event_loop(agent, interpreter, script, expect_threads=None, metho
     svc = start_service([interpreter, str(script), "--port", str(port)], plain_env())
     client = None
     try:
-        client = LineClient(port)
+        client = AsyncioClient(port)
         info = client.request("pid")
         results = aio_results(client)
         assert results[0] == ("compute", [4, 7, 10, 13]), results
@@ -657,7 +628,7 @@ def check_idle_event_loop(agent, interpreter, script, expect_threads=None, metho
 
         # the connection opened before keeps working, and so does a new one
         assert aio_results(client) == results
-        second = LineClient(port)
+        second = AsyncioClient(port)
         try:
             assert second.request("gather", n=5, x=0)["results"] == [1, 4, 7, 10, 13]
             assert aio_results(second) == results
@@ -669,7 +640,7 @@ def check_idle_event_loop(agent, interpreter, script, expect_threads=None, metho
         answers, errors = [], []
 
         def during():
-            c = LineClient(port)
+            c = AsyncioClient(port)
             try:
                 time.sleep(0.1)
                 answers.append(c.request("compute", n=4, x=1)["results"])
@@ -883,13 +854,3 @@ def test_read_holding_the_gil_times_out_cleanly(agent, tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
-
-
-def fixtures_outside_tmp():
-    """The fixture service, copied where a private /tmp cannot hide it: the mount-namespace
-    tests mount a tmpfs over /tmp, and the checkout itself may live under /tmp."""
-    import shutil
-    target = Path("/var/tmp/msm-test-fixtures")
-    shutil.copytree(str(FIXTURES), str(target), dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return target / SERVICE.name

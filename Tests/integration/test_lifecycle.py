@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from conftest import NOT_RUNNING_MESSAGE, http_json, metric, wait_for
+from conftest import NOT_RUNNING_MESSAGE, diff, http_json, metric, restorable, wait_for
 
 # kinds whose results are compared before/while/after (everything but late)
 ALL_KINDS = {
@@ -18,21 +18,6 @@ ALL_KINDS = {
 def call_all(svc, n=3):
     return {kind: (lambda a: (a["results"], a["errors"]))(svc.call(kind, n=n, **params))
             for kind, params in ALL_KINDS.items()}
-
-
-def restorable(identity):
-    """The parts of /identity that `off` must restore exactly."""
-    return {k: identity[k] for k in ("semantic", "objects", "runtime")}
-
-
-def diff(a, b, path=""):
-    """First few differing paths between two JSON values (for messages)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += diff(a.get(k), b.get(k), "%s/%s" % (path, k))
-        return out[:10]
-    return [] if a == b else ["%s: %r != %r" % (path, a, b)]
 
 
 def test_off_restores_identity_and_results(agent, service):

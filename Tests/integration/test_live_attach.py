@@ -16,7 +16,6 @@ Timings (on, off, time to the first sample) are printed: run with -s to see them
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from conftest import (DEBIAN_PYTHON, FIXTURES, PYENV_PYTHON, SERVICE, SYMBOLS, Scrape, free_port,
-                      interpreter_id, metric, start_service, wait_for)
+                      AIO_CALLS, AsyncioClient, diff, fixtures_outside_tmp, interpreter_id, metric,
+                      restorable, start_service, wait_for)
 
 PYENV = "/root/.pyenv/versions"
 ASYNCIO_SERVICE = FIXTURES / "asyncio_service.py"
@@ -93,20 +93,6 @@ def task_comms(pid):
         except OSError:
             pass
     return out
-
-
-def restorable(identity):
-    """The parts of the fixture's /identity that `off` must restore exactly."""
-    return {k: identity[k] for k in ("semantic", "objects", "runtime")}
-
-
-def diff(a, b, path=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += diff(a.get(k), b.get(k), "%s/%s" % (path, k))
-        return out[:10]
-    return [] if a == b else ["%s: %r != %r" % (path, a, b)]
 
 
 def get_json(url, timeout=10.0):
@@ -343,32 +329,6 @@ def test_on_pid_plain_service(agent, plain, interpreter):
 # 3: asyncio service
 # --------------------------------------------------------------------------
 
-class AsyncioClient:
-    """One kept-open connection to Tests/fixtures/asyncio_service.py (JSON lines)."""
-
-    def __init__(self, port, timeout=10.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.file = self.sock.makefile("rwb")
-
-    def request(self, op, **params):
-        self.file.write(json.dumps(dict(params, op=op)).encode() + b"\n")
-        self.file.flush()
-        line = self.file.readline()
-        assert line, "asyncio service closed the connection"
-        answer = json.loads(line)
-        assert answer.pop("ok") is True, answer
-        return answer
-
-    def close(self):
-        try:
-            self.file.close()
-            self.sock.close()
-        except OSError:
-            pass
-
-
-AIO_CALLS = [("compute", {"n": 4, "x": 1}), ("gather", {"n": 6, "x": 2}), ("method", {"n": 3}),
-             ("stream", {"n": 2, "x": 3}), ("fail", {"n": 2}), ("sync", {"n": 3, "x": 9})]
 AIO_EXPECTED = {"aio:request:duration": 6, "aio:compute:duration": 10, "aio:scaled:duration": 3,
                 "aio:stream:duration": 2, "aio:failing:duration": 2, "aio:blocking:duration": 3}
 
@@ -787,13 +747,3 @@ def test_time_to_first_sample(agent, plain):
     print("\ntime to first sample: %s s from the start of `on --pid` (`on` returned after %.2f s)"
           % ("%.2f" % first if first is not None else "none within 15", result["seconds"]))
     assert first is not None and first < 10.0
-
-
-def fixtures_outside_tmp():
-    """The fixture service, copied where a private /tmp cannot hide it: the mount-namespace
-    tests mount a tmpfs over /tmp, and the checkout itself may live under /tmp."""
-    import shutil
-    target = Path("/var/tmp/msm-test-fixtures")
-    shutil.copytree(str(FIXTURES), str(target), dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return target / SERVICE.name
