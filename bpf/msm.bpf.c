@@ -32,40 +32,47 @@ struct {
     __type(value, __u64);
 } stats SEC(".maps");
 
-/* Staging area: header + largest payload, one per CPU (too big for the BPF stack). */
-struct staged_event {
+/* Ring-buffer records come in two fixed sizes, so the payload is read straight into
+ * reserved ring memory. (A per-CPU staging buffer is not safe here: uprobe programs run
+ * with migration disabled but preemptible, so two threads on one CPU could interleave.)
+ * Most events are samples of a few values and take the small record; JSON messages and
+ * wide samples take the large one. The agent reads the length from the header. */
+struct small_record {
+    struct msm_event header;
+    __u8 payload[MSM_SMALL_PAYLOAD];
+};
+
+struct large_record {
     struct msm_event header;
     __u8 payload[MSM_MAX_PAYLOAD];
 };
-
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct staged_event);
-} staging SEC(".maps");
 
 static __always_inline void count(__u32 which)
 {
     __u64 *value = bpf_map_lookup_elem(&stats, &which);
     if (value)
-        *value += 1; /* per-CPU slot: no atomics needed */
+        __sync_fetch_and_add(value, 1); /* per-CPU slot, but the program is preemptible */
+}
+
+static __always_inline void stamp(struct msm_event *header, __u32 len, __u32 flags)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+
+    header->ktime_ns = bpf_ktime_get_ns();
+    header->pid = pid_tgid >> 32;
+    header->tid = (__u32)pid_tgid;
+    header->len = len;
+    header->flags = flags;
 }
 
 /* BPF_KPROBE only unpacks pt_regs arguments; libbpf 1.1 has no BPF_UPROBE. */
 SEC("uprobe")
 int BPF_KPROBE(msm_emit_hit, const void *payload, __u32 len_arg)
 {
-    __u32 zero = 0;
     __u64 len = len_arg;
     __u32 flags = 0;
-    struct staged_event *staged;
 
     count(MSM_STAT_HITS);
-    staged = bpf_map_lookup_elem(&staging, &zero);
-    if (!staged)
-        return 0;
-
     if (len > MSM_MAX_PAYLOAD) {
         len = MSM_MAX_PAYLOAD;
         flags |= MSM_EVENT_TRUNCATED;
@@ -73,22 +80,36 @@ int BPF_KPROBE(msm_emit_hit, const void *payload, __u32 len_arg)
     }
     /* Keep the verifier convinced the length is bounded after the branch above. */
     barrier_var(len);
+
+    if (len <= MSM_SMALL_PAYLOAD) {
+        struct small_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+        if (!rec) {
+            count(MSM_STAT_DROPS);
+            return 0;
+        }
+        if (bpf_probe_read_user(rec->payload, len, payload) != 0) {
+            bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+            count(MSM_STAT_READ_ERRORS);
+            return 0;
+        }
+        stamp(&rec->header, len, flags);
+        bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
+        return 0;
+    }
     if (len > MSM_MAX_PAYLOAD)
         return 0;
 
-    if (bpf_probe_read_user(staged->payload, len, payload) != 0) {
+    struct large_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+    if (!rec) {
+        count(MSM_STAT_DROPS);
+        return 0;
+    }
+    if (bpf_probe_read_user(rec->payload, len, payload) != 0) {
+        bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
         count(MSM_STAT_READ_ERRORS);
         return 0;
     }
-
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
-    staged->header.ktime_ns = bpf_ktime_get_ns();
-    staged->header.pid = pid_tgid >> 32;
-    staged->header.tid = (__u32)pid_tgid;
-    staged->header.len = len;
-    staged->header.flags = flags;
-
-    if (bpf_ringbuf_output(&events, staged, sizeof(staged->header) + len, BPF_RB_NO_WAKEUP) != 0)
-        count(MSM_STAT_DROPS);
+    stamp(&rec->header, len, flags);
+    bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
     return 0;
 }

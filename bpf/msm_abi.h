@@ -32,6 +32,10 @@
  * event is flagged truncated (the agent drops it and counts it). */
 #define MSM_MAX_PAYLOAD 2048
 
+/* Payloads up to this size take a small ring-buffer record (header + 232 bytes = 256:
+ * a sample with up to 13 values); larger ones a record of MSM_MAX_PAYLOAD. */
+#define MSM_SMALL_PAYLOAD 232
+
 /* ---------------------------------------------------------------- kernel -> agent */
 
 /* Written by the BPF program in front of every payload. */

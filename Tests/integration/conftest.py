@@ -331,11 +331,30 @@ class Agent:
     def wait_histogram_count(self, name, n, timeout=5.0, **labels):
         """Poll until the histogram's _count reaches n; assert it is exactly n."""
         labels.setdefault("dp", "-1")
-        wait_for(lambda: (self.scrape().histogram(metric(name), **labels) or {"count": -1})["count"] >= n,
-                 timeout, what="%s_count >= %d" % (metric(name), n))
+        seen = []
+
+        def reached():
+            h = self.scrape().histogram(metric(name), **labels)
+            seen[:] = [h["count"] if h else None]
+            return h is not None and h["count"] >= n
+
+        try:
+            wait_for(reached, timeout, what="%s_count >= %d" % (metric(name), n))
+        except AssertionError as e:
+            raise AssertionError("%s (count seen: %r)\nagent self-metrics:\n%s"
+                                 % (e, seen[0] if seen else None, self.self_metrics())) from None
         h = self.scrape().histogram(metric(name), **labels)
         assert h["count"] == n, "%s_count is %r, expected exactly %d" % (metric(name), h["count"], n)
         return h
+
+    def self_metrics(self):
+        """The agent's own counters (kernel hits/drops, orphans, ...), for failure messages."""
+        try:
+            text = http_get(self.url + "/metrics", timeout=5)[2].decode()
+        except Exception as e:  # noqa: BLE001 - diagnostics only
+            return "(scrape failed: %s)" % e
+        return "\n".join(line for line in text.splitlines()
+                         if line.startswith("ms_service_metric_") and not line.startswith("#"))
 
     def wait_counter(self, name, n, timeout=5.0, **labels):
         labels.setdefault("dp", "-1")
