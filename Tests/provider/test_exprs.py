@@ -58,3 +58,35 @@ def test_parameter_named_ret_wins(ex):
 def test_no_builtins_leak(ex):
     fn, _ = ex.compile_expr("len(n)", ["n"])
     assert set(fn.__globals__["__builtins__"]) == set(ex.ALLOWED_FUNCTIONS)
+
+
+def test_entry_key_is_a_trailing_parameter(ex):
+    fn, used = ex.compile_tuple(["key", "f'{key}-{n}'", "[key for key in 'ab'][0]"], ["n"],
+                                entry_key=True)
+    assert "key" in used
+    assert fn(2, None, 0.0, None, "prefill") == ("prefill", "prefill-2", "a")
+
+
+def test_entry_key_hides_a_parameter_named_key_only_in_entry_labels(ex):
+    params = ["self", "key"]
+    internal = ex.key_parameter(params)
+    assert internal not in ex.expression_parameters(params) and internal.isidentifier()
+    entry, _ = ex.compile_tuple(["key"], params, entry_key=True)
+    assert entry(None, "param", None, 0.0, None, "entry") == ("entry",)
+    plain, _ = ex.compile_tuple(["key"], params)
+    assert plain(None, "param", None, 0.0, None) == ("param",)
+    value, _ = ex.compile_expr("key * 2", params)
+    assert value(None, 3, None, 0.0, None) == 6
+
+
+def test_internal_key_name_avoids_parameters(ex):
+    assert ex.key_parameter(["_msm_key"]) == "__msm_key"
+    fn, _ = ex.compile_tuple(["key", "_msm_key"], ["_msm_key"], entry_key=True)
+    assert fn("p", None, 0.0, None, "k") == ("k", "p")
+
+
+def test_key_outside_entry_labels_is_rejected_with_hint(ex):
+    with pytest.raises(ex.ExprError, match="key of an entry of a dict"):
+        ex.compile_expr("key", ["n"])
+    with pytest.raises(ex.ExprError, match="key of an entry of a dict"):
+        ex.compile_tuple(["key"], ["n"])

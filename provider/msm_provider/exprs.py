@@ -15,13 +15,27 @@ below and method calls on values (``self.block_pool.get_num_free_blocks()``;
 the control file is root-owned, so the config author is trusted as much as
 root). Everything else (lambda, walrus, await, yield, imports, dunder access,
 calls of anything else) is rejected when the config is applied.
+
+Labelled results: when a metric's value expression returns a dict, each
+entry is one sample and the label expressions are evaluated once per entry
+with ``key`` bound to the entry's key. Those per-entry label functions
+(:func:`compile_tuple` with ``entry_key=True``) take the key as one extra
+trailing parameter under an internal name (see :func:`key_parameter`) and
+every ``key`` in their expressions is renamed to it, so a parameter of the
+probed function called ``key`` keeps working everywhere else.
 """
 
 import ast
 
-__all__ = ["ExprError", "SPECIAL_NAMES", "ALLOWED_FUNCTIONS", "compile_expr"]
+__all__ = ["ExprError", "SPECIAL_NAMES", "ALLOWED_FUNCTIONS", "KEY_NAME", "compile_expr",
+           "compile_tuple", "key_parameter"]
 
 SPECIAL_NAMES = ("ret", "duration", "exc")
+
+# The entry key of a dict result, in label expressions only.
+KEY_NAME = "key"
+KEY_HINT = ("'key' is the key of an entry of a dict returned by the metric's expr; "
+            "it can be used only in label expressions of a metric that has an expr")
 
 ALLOWED_FUNCTIONS = {
     "len": len, "min": min, "max": max, "sum": sum, "abs": abs, "round": round,
@@ -68,6 +82,8 @@ class _Checker(ast.NodeVisitor):
         if isinstance(node.ctx, ast.Load):
             if node.id not in self.known and node.id not in ALLOWED_FUNCTIONS \
                     and node.id not in self.bound:
+                if node.id == KEY_NAME:
+                    raise ExprError("unknown name 'key': " + KEY_HINT)
                 raise ExprError("unknown name %r (known: %s)" % (
                     node.id, ", ".join(sorted(self.known)) or "none"))
             self.used.add(node.id)
@@ -124,58 +140,44 @@ def check_expr(text):
     compile_expr(text, None)
 
 
-def compile_tuple(texts, param_names, filename="<msm labels>"):
-    """Compile several expressions into one function returning a tuple."""
-    fns = []
-    used = set()
-    trees = []
-    for t in texts:
-        _, u = compile_expr(t, param_names, filename)  # checks each one
-        used |= u
-        trees.append(ast.parse(t.strip(), filename, "eval").body)
-    params = expression_parameters(param_names)
-    mod = ast.parse("def _msm_expr(%s):\n    return None\n" % ", ".join(params))
-    mod.body[0].body[0].value = ast.Tuple(elts=trees, ctx=ast.Load())
-    ast.fix_missing_locations(mod)
-    code = compile(mod, filename, "exec", dont_inherit=True)
-    glb = {"__builtins__": dict(ALLOWED_FUNCTIONS)}
-    glb.update(ALLOWED_FUNCTIONS)
-    exec(code, glb)
-    fn = glb["_msm_expr"]
-    fn.__qualname__ = fn.__name__ = "msm_labels"
-    del fns
-    return fn, used
+def key_parameter(param_names):
+    """Internal name of the entry-key parameter: no parameter of the probed
+    function (nor ret/duration/exc) has it."""
+    taken = set(expression_parameters(param_names))
+    name = "_msm_key"
+    while name in taken:
+        name = "_" + name
+    return name
 
 
-def compile_expr(text, param_names, filename="<msm expr>"):
-    """Compile ``text`` into ``(function, used_names)``.
+class _RenameKey(ast.NodeTransformer):
+    def __init__(self, to):
+        self.to = to
 
-    ``function(*args, ret, duration, exc)`` (with ``args`` the probed
-    function's parameters in order, see :func:`expression_parameters`)
-    returns the expression's value. Raises ExprError when not allowed.
-    """
+    def visit_Name(self, node):
+        if node.id == KEY_NAME:
+            return ast.copy_location(ast.Name(id=self.to, ctx=node.ctx), node)
+        return node
+
+
+def _parse(text, filename):
     if not isinstance(text, str):
         raise ExprError("expression must be a string")
     if len(text) > MAX_EXPR_LENGTH:
         raise ExprError("expression longer than %d characters" % MAX_EXPR_LENGTH)
     try:
-        tree = ast.parse(text.strip(), filename, "eval")
+        return ast.parse(text.strip(), filename, "eval")
     except SyntaxError as e:
         raise ExprError("syntax error: %s" % (e.msg,)) from None
-    if param_names is None:  # syntax and node check only
-        checker = _Checker(())
-        checker.visit_Name = lambda node: None
-        checker.visit(tree)
-        return None, set()
-    params = expression_parameters(param_names)
-    checker = _Checker(params)
-    checker.visit(tree)
+
+
+def _function(params, body, filename, name):
+    """Compile ``def f(*params): return body`` from a checked expression node."""
     for p in params:
         if not p.isidentifier():
             raise ExprError("parameter %r is not an identifier" % p)
-    # Compile from the checked tree (never re-parse the text).
     mod = ast.parse("def _msm_expr(%s):\n    return None\n" % ", ".join(params))
-    mod.body[0].body[0].value = tree.body
+    mod.body[0].body[0].value = body
     ast.fix_missing_locations(mod)
     try:
         code = compile(mod, filename, "exec", dont_inherit=True)
@@ -185,5 +187,51 @@ def compile_expr(text, param_names, filename="<msm expr>"):
     glb.update(ALLOWED_FUNCTIONS)
     exec(code, glb)
     fn = glb["_msm_expr"]
-    fn.__qualname__ = fn.__name__ = "msm_expr"
-    return fn, checker.used
+    fn.__qualname__ = fn.__name__ = name
+    return fn
+
+
+def compile_tuple(texts, param_names, filename="<msm labels>", entry_key=False):
+    """Compile several expressions into one function returning a tuple.
+
+    ``entry_key=True``: the function takes one more trailing argument, the
+    key of a dict entry, which the expressions read as ``key`` (it hides a
+    parameter of that name). Returns ``(function, used_names)``; ``"key"`` is
+    in ``used_names`` when an expression reads the entry key.
+    """
+    params = expression_parameters(param_names)
+    known = params + [KEY_NAME] if entry_key else params
+    used = set()
+    trees = []
+    for t in texts:
+        tree = _parse(t, filename)
+        checker = _Checker(known)
+        checker.visit(tree)
+        used |= checker.used
+        trees.append(tree.body)
+    body = ast.Tuple(elts=trees, ctx=ast.Load())
+    if entry_key:
+        internal = key_parameter(param_names)
+        body = _RenameKey(internal).visit(body)
+        params = params + [internal]
+    return _function(params, body, filename, "msm_labels"), used
+
+
+def compile_expr(text, param_names, filename="<msm expr>"):
+    """Compile ``text`` into ``(function, used_names)``.
+
+    ``function(*args, ret, duration, exc)`` (with ``args`` the probed
+    function's parameters in order, see :func:`expression_parameters`)
+    returns the expression's value. Raises ExprError when not allowed.
+    """
+    tree = _parse(text, filename)
+    if param_names is None:  # syntax and node check only
+        checker = _Checker(())
+        checker.visit_Name = lambda node: None
+        checker.visit(tree)
+        return None, set()
+    params = expression_parameters(param_names)
+    checker = _Checker(params)
+    checker.visit(tree)
+    # Compile from the checked tree (never re-parse the text).
+    return _function(params, tree.body, filename, "msm_expr"), checker.used

@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Mapping as _Mapping
 
 from . import control as _control
 
@@ -139,7 +140,7 @@ class _SeriesRegistry:
 
 class _Metric:
     __slots__ = ("name", "type", "op", "expr", "labels", "value_fn", "label_names",
-                 "label_fns", "sid", "cache")
+                 "label_fns", "entry_label_fn", "sid", "cache")
 
     def __init__(self, spec):
         if not isinstance(spec, dict):
@@ -168,6 +169,8 @@ class _Metric:
         self.value_fn = None
         self.label_names = tuple(n for n, _ in self.labels)
         self.label_fns = None  # one function returning the tuple of label values
+        # the same with the key of a dict entry as one more argument (metrics with expr)
+        self.entry_label_fn = None
         self.sid = None
         self.cache = {}  # label values (str, untruncated) -> series id
 
@@ -211,19 +214,17 @@ class _FullHook:
             vals = []
             for m in self.metrics:
                 try:
-                    if m.label_fns is not None:
-                        key = tuple(map(str, m.label_fns(*full)))
-                        sid = m.cache.get(key)
-                        if sid is None:
-                            sid = self.provider._series.get_for(m, key)
-                    else:
-                        sid = m.sid
                     if m.op == OP_OBSERVE_DURATION:
-                        first += (sid, OP_OBSERVE_DURATION, 0.0)
+                        first += (self._sid(m, full), OP_OBSERVE_DURATION, 0.0)
                         continue
                     v = m.value_fn(*full) if m.value_fn is not None else 1.0
                     if v is None:
                         continue
+                    tv = type(v)
+                    if tv is not int and tv is not float and isinstance(v, _Mapping):
+                        self._entries(m, v, full, vals)
+                        continue
+                    sid = self._sid(m, full)
                     if m.op == OP_OBSERVE and isinstance(v, (list, tuple)):
                         for x in v:
                             vals += (sid, OP_OBSERVE, float(x))
@@ -235,6 +236,41 @@ class _FullHook:
                 self.sample(self.probe_id, t, status, tuple(first + vals))
         except Exception as e:
             self.provider._internal_error(e)
+
+    def _sid(self, m, full):
+        """Series id of ``m`` for this call (labels evaluated without an entry key)."""
+        if m.label_fns is None:
+            return m.sid
+        lv = tuple(map(str, m.label_fns(*full)))
+        sid = m.cache.get(lv)
+        return sid if sid is not None else self.provider._series.get_for(m, lv)
+
+    def _entries(self, m, d, full, vals):
+        """A dict result: one sample per entry, labels evaluated with its key."""
+        op = m.op
+        fn = m.entry_label_fn
+        for k, x in list(d.items()):
+            try:
+                if x is None:
+                    continue
+                if fn is None:
+                    sid = m.sid
+                else:
+                    lv = tuple(map(str, fn(*full, k)))
+                    sid = m.cache.get(lv)
+                    if sid is None:
+                        sid = self.provider._series.get_for(m, lv)
+                if op == OP_OBSERVE and isinstance(x, (list, tuple)):
+                    for y in x:
+                        vals += (sid, OP_OBSERVE, float(y))
+                else:
+                    vals += (sid, op, float(x))
+            except Exception as e:
+                self.provider._expr_error(self.probe_id, m.name, e)
+
+
+def _key_without_dict(*args):
+    raise LookupError("a label uses 'key', but the value expression did not return a dict")
 
 
 class _Probe:
@@ -786,9 +822,17 @@ class Provider:
         need_duration = False
         for m in metrics:
             if m.labels:
+                texts = [t for _, t in m.labels]
+                filename = "<msm labels %s>" % m.name
                 try:
-                    m.label_fns, used = exprs.compile_tuple([t for _, t in m.labels], params,
-                                                            "<msm labels %s>" % m.name)
+                    if m.expr:  # the value may be a dict: labels per entry, with `key`
+                        m.entry_label_fn, used = exprs.compile_tuple(texts, params, filename,
+                                                                     entry_key=True)
+                        need_duration |= "duration" in used
+                    if m.expr and exprs.KEY_NAME in used and exprs.KEY_NAME not in params:
+                        m.label_fns = _key_without_dict
+                    else:
+                        m.label_fns, used = exprs.compile_tuple(texts, params, filename)
                 except exprs.ExprError as e:
                     raise ValueError("metric %s label: %s" % (m.name, e)) from None
                 need_duration |= "duration" in used
