@@ -12,11 +12,15 @@ import Yams
 ///           expr: ...              # histogram/gauge: required; counter: optional; timer: none
 ///           buckets: [...]         # timer/histogram only, ascending, finite
 ///           labels: [{name: ..., expr: ...}]
+///       handler: pkg.module:function   # optional, see docs/config.md
+///
+/// In an entry with a `handler`, metrics without `expr` (other than timers) are recorded by
+/// the handler through `ctx.record`, and their labels are given without `expr`.
 ///
 /// Works on the node tree (`Yams.compose`) so that every error names its line. All errors
 /// are collected; the result is either a config without errors or the full list.
 public enum ConfigParser {
-    static let entryKeys = ["symbol", "min_version", "max_version", "metrics"]
+    static let entryKeys = ["symbol", "min_version", "max_version", "metrics", "handler"]
     static let metricKeys = ["name", "type", "expr", "buckets", "labels"]
     static let labelKeys = ["name", "expr"]
 
@@ -88,6 +92,8 @@ public enum ConfigParser {
         var maxVersion: (String, Node)?
         var metrics: [MetricSpec]?
         var metricsNode: Node?
+        var handler: String?
+        let hasHandler = map["handler"] != nil
         for (keyNode, value) in map {
             guard let key = keyString(keyNode, path: "", ctx: &ctx) else { continue }
             switch key {
@@ -107,9 +113,14 @@ public enum ConfigParser {
                 if key == "min_version" { minVersion = (s, value) } else { maxVersion = (s, value) }
             case "metrics":
                 metricsNode = value
-                metrics = parseMetrics(value, ctx: &ctx)
+                metrics = parseMetrics(value, hasHandler: hasHandler, ctx: &ctx)
             case "handler":
-                ctx.warn(keyNode, "handler", "ignored: handler functions of the reference tool are not supported (use metrics with expr)")
+                guard let s = requiredString(value, "handler", ctx: &ctx) else { continue }
+                if NameRules.isSymbol(s) {
+                    handler = s
+                } else {
+                    ctx.error(value, "handler", "invalid handler \(quoted(s)) (expected module.path:function, both parts dotted Python identifiers, e.g. mypkg.metrics:on_schedule)")
+                }
             default:
                 ctx.error(keyNode, key, "unknown key \(quoted(key)) (expected \(entryKeys.joined(separator: ", ")))")
             }
@@ -124,10 +135,10 @@ public enum ConfigParser {
         }
         guard ctx.errors.count == errorsBefore, let symbol, let metrics else { return nil }
         return SymbolEntry(symbol: symbol, minVersion: minVersion?.0, maxVersion: maxVersion?.0,
-                           metrics: metrics, line: node.mark?.line ?? 0)
+                           metrics: metrics, handler: handler, line: node.mark?.line ?? 0)
     }
 
-    static func parseMetrics(_ node: Node, ctx: inout Context) -> [MetricSpec]? {
+    static func parseMetrics(_ node: Node, hasHandler: Bool, ctx: inout Context) -> [MetricSpec]? {
         guard case .sequence(let seq) = node else {
             ctx.error(node, "metrics", "expected a list of metrics, found \(describe(node))")
             return nil
@@ -141,7 +152,7 @@ public enum ConfigParser {
         var seen: [String: Int] = [:]
         for (i, item) in seq.enumerated() {
             let path = "metrics[\(i)]"
-            guard let m = parseMetric(item, path: path, ctx: &ctx) else { ok = false; continue }
+            guard let m = parseMetric(item, path: path, hasHandler: hasHandler, ctx: &ctx) else { ok = false; continue }
             if let line = seen[m.name] {
                 ctx.error(item, "\(path).name", "metric \(quoted(m.name)) is listed twice for this symbol (also at line \(line))", line: m.line)
                 ok = false
@@ -153,7 +164,9 @@ public enum ConfigParser {
         return ok ? out : nil
     }
 
-    static func parseMetric(_ node: Node, path: String, ctx: inout Context) -> MetricSpec? {
+    /// `hasHandler`: the entry names a handler, so `expr` is optional and a metric without
+    /// one (not a timer) is recorded by the handler, with labels given by name only.
+    static func parseMetric(_ node: Node, path: String, hasHandler: Bool, ctx: inout Context) -> MetricSpec? {
         guard case .mapping(let map) = node else {
             ctx.error(node, path, "expected a mapping with name and type, found \(describe(node))")
             return nil
@@ -163,7 +176,7 @@ public enum ConfigParser {
         var type: MetricType?
         var expr: (String, Node)?
         var buckets: ([Double], Node)?
-        var labels: ([LabelSpec], Node)?
+        var labels: ([(LabelSpec, Node)], Node)?
         for (keyNode, value) in map {
             guard let key = keyString(keyNode, path: path + ".", ctx: &ctx) else { continue }
             let field = "\(path).\(key)"
@@ -189,7 +202,7 @@ public enum ConfigParser {
             case "buckets":
                 if let b = parseBuckets(value, field: field, ctx: &ctx) { buckets = (b, value) }
             case "labels":
-                if let l = parseLabels(value, field: field, ctx: &ctx) { labels = (l, value) }
+                if let l = parseLabels(value, field: field, exprOptional: hasHandler, ctx: &ctx) { labels = (l, value) }
             default:
                 ctx.error(keyNode, field, "unknown key \(quoted(key)) (expected \(metricKeys.joined(separator: ", ")))")
             }
@@ -203,7 +216,9 @@ public enum ConfigParser {
                     ctx.error(n, "\(path).expr", "a timer measures the call duration and takes no expr (use type histogram for a value)")
                 }
             case .histogram, .gauge:
-                if expr == nil && map["expr"] == nil {
+                if hasHandler {
+                    break  // without expr: recorded by the handler
+                } else if expr == nil && map["expr"] == nil {
                     ctx.error(node, "\(path).expr", "required for type \(type.rawValue)")
                 } else if expr == nil, let n = map["expr"], isNull(n) {
                     ctx.error(n, "\(path).expr", "required for type \(type.rawValue)")
@@ -215,9 +230,21 @@ public enum ConfigParser {
                 ctx.error(n, "\(path).buckets", "only timer and histogram metrics take buckets")
             }
         }
+        var labelSpecs = labels?.0.map(\.0) ?? []
+        if hasHandler, let type, let name {
+            let byHandler = type != .timer && expr == nil
+            for (i, (label, labelNode)) in (labels?.0 ?? []).enumerated() {
+                if byHandler, label.expr != nil {
+                    ctx.warn(labelNode, "\(path).labels[\(i)].expr", "ignored: metric \(quoted(name)) has no expr, so the handler records it and passes the label values to ctx.record")
+                    labelSpecs[i].expr = nil
+                } else if !byHandler, label.expr == nil {
+                    ctx.error(labelNode, "\(path).labels[\(i)].expr", "required key missing: metric \(quoted(name)) is recorded automatically (\(type == .timer ? "a timer" : "it has an expr")); only metrics the handler records (no expr, not a timer) take labels without expr")
+                }
+            }
+        }
         guard ctx.errors.count == errorsBefore, let name, let type else { return nil }
         return MetricSpec(name: name, type: type, expr: expr?.0, buckets: buckets?.0,
-                          labels: labels?.0 ?? [], line: node.mark?.line ?? 0)
+                          labels: labelSpecs, line: node.mark?.line ?? 0)
     }
 
     static func parseBuckets(_ node: Node, field: String, ctx: inout Context) -> [Double]? {
@@ -248,12 +275,14 @@ public enum ConfigParser {
         return out
     }
 
-    static func parseLabels(_ node: Node, field: String, ctx: inout Context) -> [LabelSpec]? {
+    /// Labels with their nodes; `exprOptional`: a label may be given by name only (handler entries).
+    static func parseLabels(_ node: Node, field: String, exprOptional: Bool,
+                            ctx: inout Context) -> [(LabelSpec, Node)]? {
         guard case .sequence(let seq) = node else {
             ctx.error(node, field, "expected a list of {name, expr}, found \(describe(node))")
             return nil
         }
-        var out: [LabelSpec] = []
+        var out: [(LabelSpec, Node)] = []
         var ok = true
         var seen: Set<String> = []
         for (i, item) in seq.enumerated() {
@@ -284,6 +313,7 @@ public enum ConfigParser {
                         name = s
                     }
                 case "expr":
+                    if exprOptional && isNull(value) { continue }
                     guard let s = requiredString(value, "\(path).expr", ctx: &ctx) else { itemOK = false; continue }
                     expr = s
                 default:
@@ -292,8 +322,11 @@ public enum ConfigParser {
                 }
             }
             if map["name"] == nil { ctx.error(item, "\(path).name", "required key missing"); itemOK = false }
-            if map["expr"] == nil { ctx.error(item, "\(path).expr", "required key missing"); itemOK = false }
-            if itemOK, let name, let expr { out.append(LabelSpec(name: name, expr: expr)) } else { ok = false }
+            if map["expr"] == nil && !exprOptional {
+                ctx.error(item, "\(path).expr", "required key missing")
+                itemOK = false
+            }
+            if itemOK, let name { out.append((LabelSpec(name: name, expr: expr), item)) } else { ok = false }
         }
         return ok ? out : nil
     }

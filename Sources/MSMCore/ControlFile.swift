@@ -1,7 +1,7 @@
 import Foundation
 
 /// The control file the agent writes for providers (docs/protocol.md, "Control file").
-/// Keys are snake_case; absent versions and expressions are written as `null`.
+/// Keys are snake_case; absent versions, handlers and expressions are written as `null`.
 public struct ControlFile: Codable, Sendable, Equatable {
     public static let abiVersion = 1
 
@@ -50,22 +50,26 @@ public struct ControlProbe: Codable, Sendable, Equatable {
     public var minVersion: String?
     public var maxVersion: String?
     public var metrics: [ControlMetric]
+    /// `module.path:function` called with a context after each call (docs/config.md), or nil.
+    public var handler: String?
 
-    public init(id: Int, symbol: String, minVersion: String?, maxVersion: String?, metrics: [ControlMetric]) {
+    public init(id: Int, symbol: String, minVersion: String?, maxVersion: String?, metrics: [ControlMetric],
+                handler: String? = nil) {
         self.id = id
         self.symbol = symbol
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.metrics = metrics
+        self.handler = handler
     }
 
     public init(id: Int, entry: SymbolEntry) {
         self.init(id: id, symbol: entry.symbol, minVersion: entry.minVersion, maxVersion: entry.maxVersion,
-                  metrics: entry.metrics.map(ControlMetric.init(spec:)))
+                  metrics: entry.metrics.map(ControlMetric.init(spec:)), handler: entry.handler)
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, symbol, metrics
+        case id, symbol, metrics, handler
         case minVersion = "min_version"
         case maxVersion = "max_version"
     }
@@ -77,6 +81,7 @@ public struct ControlProbe: Codable, Sendable, Equatable {
         try c.encode(minVersion, forKey: .minVersion)  // null when absent
         try c.encode(maxVersion, forKey: .maxVersion)
         try c.encode(metrics, forKey: .metrics)
+        try c.encode(handler, forKey: .handler)  // null when absent
     }
 }
 
@@ -105,6 +110,20 @@ public struct ControlMetric: Codable, Sendable, Equatable {
         try c.encode(name, forKey: .name)
         try c.encode(type, forKey: .type)
         try c.encode(expr, forKey: .expr)  // null when absent
-        try c.encode(labels, forKey: .labels)
+        try c.encode(labels.map(EncodedLabel.init), forKey: .labels)
+    }
+}
+
+/// A label as written to the control file: `expr` is null for labels the handler passes.
+private struct EncodedLabel: Encodable {
+    let label: LabelSpec
+    init(_ label: LabelSpec) { self.label = label }
+
+    enum CodingKeys: String, CodingKey { case name, expr }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(label.name, forKey: .name)
+        try c.encode(label.expr, forKey: .expr)
     }
 }

@@ -43,11 +43,12 @@ public enum DefaultBuckets {
     }
 }
 
-/// One extra label of a metric: its value is a Python expression evaluated by the provider.
+/// One extra label of a metric: its value is a Python expression evaluated by the provider,
+/// or (`expr` nil, only in entries with a `handler`) passed by the handler to `ctx.record`.
 public struct LabelSpec: Sendable, Equatable, Hashable, Codable {
     public var name: String
-    public var expr: String
-    public init(name: String, expr: String) {
+    public var expr: String?
+    public init(name: String, expr: String?) {
         self.name = name
         self.expr = expr
     }
@@ -88,14 +89,17 @@ public struct SymbolEntry: Sendable, Equatable {
     public var minVersion: String?
     public var maxVersion: String?
     public var metrics: [MetricSpec]
+    /// `module.path:function` the provider calls after each call (docs/config.md), or nil.
+    public var handler: String?
     public var line: Int
 
     public init(symbol: String, minVersion: String? = nil, maxVersion: String? = nil,
-                metrics: [MetricSpec], line: Int = 0) {
+                metrics: [MetricSpec], handler: String? = nil, line: Int = 0) {
         self.symbol = symbol
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.metrics = metrics
+        self.handler = handler
         self.line = line
     }
 
@@ -149,7 +153,7 @@ public struct SymbolConfig: Sendable, Equatable {
     /// Where it came from: the path as given, or `<built-in>`.
     public var source: String
     public var entries: [SymbolEntry]
-    /// Non-fatal remarks, e.g. ignored `handler` keys, as `FILE:LINE: FIELD: note`.
+    /// Non-fatal remarks, e.g. ignored label expressions, as `FILE:LINE: FIELD: note`.
     public var warnings: [String]
     /// Every metric name with its definition.
     public private(set) var definitions: [String: MetricDefinition]

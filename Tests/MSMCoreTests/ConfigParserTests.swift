@@ -113,20 +113,25 @@ final class ConfigParserTests: XCTestCase {
               labels:
                 - {name: x, expr: "1", exp: "2"}
         """), [
-            #"my.yaml:2: metric: unknown key "metric" (expected symbol, min_version, max_version, metrics)"#,
+            #"my.yaml:2: metric: unknown key "metric" (expected symbol, min_version, max_version, metrics, handler)"#,
             #"my.yaml:6: metrics[0].bukets: unknown key "bukets" (expected name, type, expr, buckets, labels)"#,
             #"my.yaml:8: metrics[0].labels[0].exp: unknown key "exp" (expected name, expr)"#,
         ])
     }
 
-    func testHandlerIgnoredWithWarning() throws {
+    func testLabelExprKeyForDictResultsAccepted() throws {
         let c = try parse("""
         - symbol: a:b
-          handler: mymod:handle
-          metrics: [{name: m, type: timer}]
+          metrics:
+            - name: scheduler:phase_batch_size
+              type: histogram
+              expr: "{'prefill': n1, 'decode': n2}"
+              labels:
+                - name: req_phase
+                  expr: key
         """)
-        XCTAssertEqual(c.warnings.count, 1)
-        XCTAssertTrue(c.warnings[0].hasPrefix("my.yaml:2: handler: ignored"), c.warnings[0])
+        XCTAssertEqual(c.entries[0].metrics[0].labels, [LabelSpec(name: "req_phase", expr: "key")])
+        XCTAssertEqual(c.warnings, [])
     }
 
     func testSymbolValidation() {

@@ -26,7 +26,7 @@ final class ControlFileTests: XCTestCase {
         XCTAssertEqual(obj["agent_pid"] as? Int, 4242)
         let probes = try XCTUnwrap(obj["probes"] as? [[String: Any]])
         XCTAssertEqual(probes.count, 2)
-        XCTAssertEqual(Set(probes[0].keys), ["id", "symbol", "min_version", "max_version", "metrics"])
+        XCTAssertEqual(Set(probes[0].keys), ["id", "symbol", "min_version", "max_version", "metrics", "handler"])
         XCTAssertEqual(probes[0]["id"] as? Int, 0)
         XCTAssertEqual(probes[1]["id"] as? Int, 1)
         XCTAssertEqual(probes[0]["symbol"] as? String, "package.module:Class.method")
