@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping as _Mapping
 
 from . import control as _control
+from . import handlers as _handlers
 
 __all__ = ["Provider", "load_native", "PROVIDER_VERSION"]
 
@@ -140,9 +141,11 @@ class _SeriesRegistry:
 
 class _Metric:
     __slots__ = ("name", "type", "op", "expr", "labels", "value_fn", "label_names",
-                 "label_fns", "entry_label_fn", "sid", "cache")
+                 "label_fns", "entry_label_fn", "sid", "cache", "by_handler")
 
-    def __init__(self, spec):
+    def __init__(self, spec, handler=False):
+        """``handler``: the probe names a handler; a metric without expr that is not
+        a timer is then recorded by it alone (labels by name, no expr)."""
         if not isinstance(spec, dict):
             raise ValueError("metric must be an object")
         self.name = spec.get("name")
@@ -155,17 +158,22 @@ class _Metric:
         self.expr = spec.get("expr")
         if self.type == "timer":
             self.expr = None
-        elif self.type in ("histogram", "gauge") and not self.expr:
+        self.by_handler = handler and self.type != "timer" and not self.expr
+        if self.type in ("histogram", "gauge") and not self.expr and not self.by_handler:
             raise ValueError("metric %s: %s needs an expr" % (self.name, self.type))
         labels = spec.get("labels") or []
         if not isinstance(labels, list):
             raise ValueError("metric %s: labels must be a list" % self.name)
         self.labels = []
         for lab in labels:
-            if not isinstance(lab, dict) or not isinstance(lab.get("name"), str) \
-                    or not isinstance(lab.get("expr"), str):
+            if not isinstance(lab, dict) or not isinstance(lab.get("name"), str):
+                raise ValueError("metric %s: label needs a name" % self.name)
+            if self.by_handler:
+                self.labels.append((lab["name"], None))
+            elif isinstance(lab.get("expr"), str):
+                self.labels.append((lab["name"], lab["expr"]))
+            else:
                 raise ValueError("metric %s: label needs name and expr" % self.name)
-            self.labels.append((lab["name"], lab["expr"]))
         self.value_fn = None
         self.label_names = tuple(n for n, _ in self.labels)
         self.label_fns = None  # one function returning the tuple of label values
@@ -182,16 +190,19 @@ class _Metric:
         if self.expr:
             yield "expr", self.expr
         for n, e in self.labels:
-            yield "label %s" % n, e
+            if e is not None:
+                yield "label %s" % n, e
 
 
 class _FullHook:
     """Python hook of probes with expressions or labels."""
 
-    __slots__ = ("provider", "probe_id", "metrics", "now", "sample", "need_duration", "special")
+    __slots__ = ("provider", "probe_id", "metrics", "now", "sample", "need_duration", "special",
+                 "handler")
 
-    def __init__(self, provider, probe_id, metrics, need_duration, special):
+    def __init__(self, provider, probe_id, metrics, need_duration, special, handler=None):
         self.provider = provider
+        self.handler = handler  # _HandlerCall or None
         self.probe_id = probe_id
         self.metrics = metrics
         self.now = provider.native.now_ns
@@ -232,6 +243,8 @@ class _FullHook:
                         vals += (sid, m.op, float(v))
                 except Exception as e:
                     self.provider._expr_error(self.probe_id, m.name, e)
+            if self.handler is not None:
+                self.handler.call(args, status, value, dur, vals)
             if first or vals:
                 self.sample(self.probe_id, t, status, tuple(first + vals))
         except Exception as e:
@@ -269,6 +282,32 @@ class _FullHook:
                 self.provider._expr_error(self.probe_id, m.name, e)
 
 
+class _HandlerCall:
+    """Calls a probe's handler with a fresh context after each call."""
+
+    __slots__ = ("fn", "recorder", "shape", "method", "provider", "probe_id")
+
+    def __init__(self, provider, probe_id, fn, recorder, shape, method):
+        self.provider = provider
+        self.probe_id = probe_id
+        self.fn = fn
+        self.recorder = recorder
+        self.shape = shape
+        self.method = method
+
+    def call(self, values, status, value, duration, vals):
+        args, kwargs = _handlers.split_arguments(values, self.shape)
+        ctx = _handlers.Context(args, kwargs, args[0] if self.method and args else None,
+                                None if status else value, value if status else None,
+                                duration, self.recorder, vals)
+        try:
+            self.fn(ctx)
+        except Exception as e:
+            self.provider._expr_error(self.probe_id, self.recorder.error_key, e)
+        finally:
+            ctx._vals = None
+
+
 def _key_without_dict(*args):
     raise LookupError("a label uses 'key', but the value expression did not return a dict")
 
@@ -284,6 +323,7 @@ class _Probe:
         self.module = None
         self.pending = False
         self.metrics = []
+        self.handler = spec.get("handler")  # "module:function" or None
 
 
 class _ImportHook:
@@ -672,7 +712,9 @@ class Provider:
         metrics = p.spec.get("metrics") or []
         if not isinstance(metrics, list):
             raise ValueError("metrics must be a list")
-        p.metrics = [_Metric(m) for m in metrics]
+        if p.handler is not None:
+            _handlers.split_path(p.handler)  # the format; the module is imported at install
+        p.metrics = [_Metric(m, handler=p.handler is not None) for m in metrics]
         for m in p.metrics:
             for what, text in m.exprs():
                 try:
@@ -697,7 +739,7 @@ class Provider:
         p.module = modname
         # static series first: announced before the wrapper can use them
         for m in p.metrics:
-            if not m.labels:
+            if not m.labels and not m.by_handler:  # a handler's series: at its first record
                 m.sid = self._series.get(m.name, (), ())
         self._try_install(p)
 
@@ -789,11 +831,26 @@ class Provider:
         code_patch = isinstance(func, types.FunctionType)
         if code_patch:
             params = patcher.parameter_names(func.__code__)
+            shape = self._argument_shape(func.__code__)
         else:
             if not callable(raw):
                 raise ValueError("%s is not callable" % p.symbol)
             params = ["args", "kwargs"]
-        mode, consts = self._hook_for(p, params)
+            shape = (0, True, (), True)
+        handler, note = None, ""
+        if p.handler is not None:
+            if _handlers.is_reference_handler(p.handler):
+                note = _handlers.reference_detail(p.handler)
+                if not any(not m.by_handler for m in p.metrics):
+                    p.state, p.detail = _handlers.REFERENCE_STATE, note
+                    return  # nothing to record without the handler: not patched
+            else:
+                fn = _handlers.load_handler(p.handler)
+                method = klass is not None and not isinstance(raw, staticmethod) \
+                    and (code_patch or hasattr(raw, "__get__"))
+                recorder = _handlers.Recorder(self, p.id, p.handler, p.metrics)
+                handler = _HandlerCall(self, p.id, fn, recorder, shape, method)
+        mode, consts = self._hook_for(p, params, handler)
         if code_patch:
             patch = patcher.CodePatch(func, mode, consts)
             detail = ""
@@ -804,12 +861,22 @@ class Provider:
         patch.apply()
         p.patch = patch
         p.state, p.detail = "active", detail
+        if note:
+            p.state, p.detail = _handlers.REFERENCE_STATE, note
 
-    def _hook_for(self, p, params):
+    @staticmethod
+    def _argument_shape(code):
+        """(positional count, has *args, keyword-only names, has **kwargs) of a code object."""
+        n, k = code.co_argcount, code.co_kwonlyargcount
+        varargs = bool(code.co_flags & 0x04)
+        kwnames = tuple(code.co_varnames[n:n + k])
+        return n, varargs, kwnames, bool(code.co_flags & 0x08)
+
+    def _hook_for(self, p, params, handler=None):
         native = self.native
         consts = {"NOW": native.now_ns, "PID": p.id}
-        metrics = p.metrics
-        if all(m.static for m in metrics):
+        metrics = [m for m in p.metrics if not m.by_handler]
+        if handler is None and all(m.static for m in metrics):
             if len(metrics) == 1 and metrics[0].type == "timer":
                 consts.update(TIMER=native.timer, SID=metrics[0].sid)
                 return "timer", consts
@@ -847,7 +914,7 @@ class Provider:
             special = None
         # timers first (duration ops must be in the first sample when split)
         ordered = sorted(metrics, key=lambda m: m.type != "timer")
-        hook = _FullHook(self, p.id, ordered, need_duration, special)
+        hook = _FullHook(self, p.id, ordered, need_duration or handler is not None, special, handler)
         consts["FINISH"] = hook.finish
         return "full", consts
 
