@@ -3,7 +3,7 @@
 import re
 import textwrap
 
-from conftest import BROKEN, SYMBOLS, count_config, metric, wait_for
+from conftest import BROKEN, FIXTURES, SYMBOLS, count_config, metric, wait_for
 
 # line -> (field the message must name, text on that line of broken_symbols.yaml)
 BROKEN_ERRORS = {
@@ -94,6 +94,37 @@ def test_check_config_missing_file(agent, tmp_path):
     proc = agent.run("check-config", missing)
     assert proc.returncode == 1
     assert str(missing) in proc.stderr
+
+
+def test_check_config_handler_entries(agent, tmp_path):
+    handler_config = FIXTURES / "handler_symbols.yaml"
+    entries, metrics = count_config(handler_config)
+    proc = agent.run("check-config", handler_config)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "%s: OK (%d symbols, %d metrics)" % (handler_config, entries, metrics)
+
+    bad = tmp_path / "bad_handler.yaml"
+    bad.write_text(textwrap.dedent("""\
+        - symbol: fixture_target:sync_fn
+          handler: handler_funcs.on_method
+          metrics:
+            - name: fixture:sync:duration
+              type: timer
+        - symbol: fixture_target:process
+          metrics:
+            - name: fixture:process:items
+              type: histogram
+              expr: len(items)
+              labels:
+                - name: phase
+        """))
+    proc = agent.run("check-config", bad)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    found = error_lines(proc.stderr, bad)
+    assert sorted(found) == [2, 12], proc.stderr
+    assert_names_field(found, 2, "handler")
+    assert_names_field(found, 12, "labels[0].expr")
+    assert "expected module.path:function" in proc.stderr
 
 
 # --- on / restart with configs ----------------------------------------------
