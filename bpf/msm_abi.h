@@ -27,6 +27,9 @@
 /* Names of the native symbols the agent attaches to / reads. */
 #define MSM_MARKER_SYMBOL "msm_emit"
 #define MSM_SEMAPHORE_SYMBOL "msm_semaphore"
+/* Never called: a uprobe here carries the semaphore's ref_ctr, attached after the
+ * marker's uprobe has its program, so the semaphore rises only once events arrive. */
+#define MSM_ARM_SYMBOL "msm_arm"
 
 /* Largest provider payload the kernel copies. Longer payloads are cut and the
  * event is flagged truncated (the agent drops it and counts it). */

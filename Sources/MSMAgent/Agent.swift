@@ -54,6 +54,7 @@ public actor Agent {
         config = try Agent.loadConfig(settings.configSource, defaultText: settings.defaultConfigText)
         aggregator = Aggregator()
         lastScrapeSeconds = nil
+        generation = settings.runtime.previousGeneration()
     }
 
     /// Called by `off` once providers have restored their functions: stops the service.
@@ -282,10 +283,12 @@ public actor Agent {
             let symbols = try ELFSymbolTable(path: path)
             let marker = try symbols.symbol(named: "msm_emit")
             let semaphore = try symbols.symbol(named: "msm_semaphore")
+            let arm = try? symbols.symbol(named: "msm_arm")
             // The role decides the dp label: set it before the first event can arrive.
             await aggregator.setProcessInfo(pid: facts.pid, dp: dp, role: role.role)
             target.link = try collector.attach(pid: facts.pid, libraryPath: path,
-                                               markerOffset: marker.fileOffset, semaphoreOffset: semaphore.fileOffset)
+                                               markerOffset: marker.fileOffset, armOffset: arm?.fileOffset,
+                                               semaphoreOffset: semaphore.fileOffset)
             target.state = .attached
             target.detail = ""
             target.libraryPath = library

@@ -73,13 +73,32 @@ public final class BPFCollector: @unchecked Sendable {
         objectBytes.deallocate()
     }
 
-    /// Attaches the entry uprobe to `msm_emit` in the provider library mapped by `pid`, which
-    /// raises the library's semaphore in that process only.
-    public func attach(pid: Int32, libraryPath: String, markerOffset: UInt64, semaphoreOffset: UInt64) throws -> UprobeLink {
-        guard let link = msm_attach_uprobe(program, pid, libraryPath, Int(markerOffset), Int(semaphoreOffset)) else {
-            throw Failure.attach(pid: pid, path: libraryPath, errno: errno)
+    /// Attaches the entry uprobe to `msm_emit` in the provider library mapped by `pid`, then
+    /// raises the library's semaphore in that process only, through a second uprobe on the
+    /// never-called `msm_arm` that carries the ref_ctr. The kernel raises a ref_ctr when it
+    /// registers a uprobe, before libbpf gives it its program; arming only after the marker's
+    /// program is attached means nothing the provider sends on seeing the semaphore is lost.
+    /// Libraries without `msm_arm` (none built from this tree) get the ref_ctr on the marker.
+    public func attach(pid: Int32, libraryPath: String, markerOffset: UInt64, armOffset: UInt64?,
+                       semaphoreOffset: UInt64) throws -> UprobeLink {
+        guard let armOffset else {
+            return UprobeLink(marker: try attachOne(pid, libraryPath, markerOffset, refCtr: semaphoreOffset), arm: nil)
         }
-        return UprobeLink(link: link)
+        let marker = try attachOne(pid, libraryPath, markerOffset, refCtr: 0)
+        do {
+            let arm = try attachOne(pid, libraryPath, armOffset, refCtr: semaphoreOffset)
+            return UprobeLink(marker: marker, arm: arm)
+        } catch {
+            bpf_link__destroy(marker)
+            throw error
+        }
+    }
+
+    private func attachOne(_ pid: Int32, _ path: String, _ offset: UInt64, refCtr: UInt64) throws -> OpaquePointer {
+        guard let link = msm_attach_uprobe(program, pid, path, Int(offset), Int(refCtr)) else {
+            throw Failure.attach(pid: pid, path: path, errno: errno)
+        }
+        return link
     }
 
     public func kernelStats() -> KernelStats {
@@ -98,15 +117,23 @@ public final class BPFCollector: @unchecked Sendable {
     }
 }
 
-/// One attached uprobe. Destroying it detaches (≈110 ms in the kernel on this VM).
+/// The uprobes of one target: the marker's, and the arming one that holds the semaphore up.
+/// Detaching lowers the semaphore first (the provider stops sending), then removes the
+/// marker's probe (≈110 ms each in the kernel on this VM).
 public final class UprobeLink: @unchecked Sendable {
-    private var link: OpaquePointer?
+    private var marker: OpaquePointer?
+    private var arm: OpaquePointer?
 
-    init(link: OpaquePointer) { self.link = link }
+    init(marker: OpaquePointer, arm: OpaquePointer?) {
+        self.marker = marker
+        self.arm = arm
+    }
 
     public func detach() {
-        if let link { bpf_link__destroy(link) }
-        link = nil
+        if let arm { bpf_link__destroy(arm) }
+        arm = nil
+        if let marker { bpf_link__destroy(marker) }
+        marker = nil
     }
 
     deinit { detach() }

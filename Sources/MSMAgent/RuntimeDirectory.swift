@@ -59,6 +59,18 @@ public struct RuntimeDirectory: Sendable {
         return target
     }
 
+    /// The generation in the control file an earlier agent left (0: none or unreadable).
+    /// A new agent continues after it: a provider that never saw the semaphore drop between
+    /// the two agents (a restart within its 250 ms poll) still holds the old generation, and
+    /// re-applies (and re-announces its series) only when the number changes.
+    public func previousGeneration() -> UInt64 {
+        guard let data = FileManager.default.contents(atPath: controlFile),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let number = object["generation"] as? NSNumber, number.int64Value > 0
+        else { return 0 }
+        return number.uint64Value
+    }
+
     /// Writes the control file atomically (temp file + rename), 0644 root.
     public func writeControlFile(_ data: Data) throws {
         let temp = "\(controlFile).tmp-\(getpid())"

@@ -75,17 +75,25 @@ def test_agent_sigkill_providers_restore_within_deadline(agent, service):
     wait_for(lambda: not os.path.exists("/proc/%d" % daemon), what="old daemon gone")
     agent.on(service.pid)
     service.call("sync", n=4)
-    # Seen twice in about ten full runs: the first call right after this re-attach (new
-    # agent, same inode, the killed agent's uprobe torn down by the kernel moments before)
-    # was not counted. Not root-caused yet (see the issue note); the new agent must count
-    # exactly once it is settled.
-    count = lambda: (agent.scrape().histogram(metric("fixture:sync:duration"), dp="-1") or {"count": -1})["count"]
-    wait_for(lambda: count() >= 3, what="the re-attached agent counts")
-    time.sleep(0.3)  # let the fourth arrive if it will
-    settled = count()
-    assert settled in (3, 4), settled
-    service.call("sync", n=5)
-    agent.wait_histogram_count("fixture:sync:duration", settled + 5)
+    agent.wait_histogram_count("fixture:sync:duration", 4)
+
+
+def test_agent_sigkill_then_immediate_reattach_counts_exactly(agent, service):
+    """A new agent attached right after the old one was SIGKILLed (before the provider's
+    250 ms poll can notice) counts every call: it starts from a new config generation, so
+    the provider re-applies and re-announces its series to it, and its semaphore rises
+    only once the new probe has its BPF program."""
+    agent.on(service.pid)
+    service.call("sync", n=2)
+    agent.wait_histogram_count("fixture:sync:duration", 2)
+    for round_ in range(3):
+        daemon = agent.status()["agent_pid"]
+        os.kill(daemon, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists("/proc/%d" % daemon), what="old daemon gone")
+        agent.on(service.pid)
+        answer = service.call("sync", n=50, threads=8)
+        assert answer["calls"] == 400, answer
+        agent.wait_histogram_count("fixture:sync:duration", 400)
 
 
 def test_child_started_after_on_is_picked_up(agent, service):

@@ -51,6 +51,20 @@ void msm_emit(const void *payload, uint32_t len)
 #endif
 }
 
+/* The arming site: never called. The agent attaches a second uprobe here, carrying the
+ * semaphore's ref_ctr_offset, only after the uprobe on msm_emit has its BPF program.
+ * The kernel raises a uprobe's ref_ctr when it registers the uprobe (perf_event_open),
+ * before libbpf attaches the program (PERF_EVENT_IOC_SET_BPF); a provider that saw the
+ * semaphore in that gap would send its hello and series announcements into a probe
+ * with no program yet, and they would be lost. Arming separately closes the gap. */
+__attribute__((naked, noinline, used, visibility("default")))
+void msm_arm(void)
+{
+#if defined(__x86_64__) || defined(__aarch64__)
+    __asm__ volatile("nop\n\tret\n");
+#endif
+}
+
 /* Called through a volatile pointer: the compiler can neither inline the call
  * nor drop it as side-effect free. */
 typedef void (*msm_emit_fn)(const void *, uint32_t);
