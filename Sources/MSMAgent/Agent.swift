@@ -55,6 +55,7 @@ public actor Agent {
         aggregator = Aggregator()
         lastScrapeSeconds = nil
         generation = settings.runtime.previousGeneration()
+        for warning in config.warnings { logger.warning("config: \(warning)") }
     }
 
     /// Called by `off` once providers have restored their functions: stops the service.
@@ -139,6 +140,7 @@ public actor Agent {
         }
         let pending = await waitForAcks(of: attachedPids(within: nil), timeout: 10)
         var lines = ["config \(source) loaded (\(newConfig.entries.count) symbols, generation \(generation))"]
+        lines += newConfig.warnings.map { "warning: \($0)" }
         lines += pending.sorted().map { "pid \($0): provider did not acknowledge the new config yet" }
         return ControlResponse(exitCode: pending.isEmpty ? 0 : 1, lines: lines)
     }

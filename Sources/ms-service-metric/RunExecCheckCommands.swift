@@ -66,6 +66,7 @@ struct CheckConfig: AsyncParsableCommand {
         do {
             let config = try ConfigParser.load(path: file)
             let metrics = config.entries.reduce(0) { $0 + $1.metrics.count }
+            for warning in config.warnings { printErr("warning: \(warning)") }
             print("\(file): OK (\(config.entries.count) symbols, \(metrics) metrics)")
         } catch {
             printErr("\(error)")

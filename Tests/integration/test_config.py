@@ -127,6 +127,27 @@ def test_check_config_handler_entries(agent, tmp_path):
     assert "expected module.path:function" in proc.stderr
 
 
+def test_check_config_prints_warnings_with_line(agent, tmp_path):
+    """A label expr on a metric the handler records is ignored: said, with its line."""
+    cfg = tmp_path / "warn.yaml"
+    cfg.write_text(textwrap.dedent("""\
+        - symbol: fixture_target:sync_fn
+          handler: handler_funcs:on_call
+          metrics:
+            - name: fixture:handler:items
+              type: counter
+              labels:
+                - name: kind
+                  expr: "'x'"
+        """))
+    proc = agent.run("check-config", cfg)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [l for l in proc.stderr.splitlines() if l.startswith("warning: ")]
+    assert len(warnings) == 1, proc.stderr
+    assert warnings[0].startswith("warning: %s:7: " % cfg), warnings  # the label
+    assert "ignored" in warnings[0]
+
+
 # --- on / restart with configs ----------------------------------------------
 
 def test_on_with_broken_config_fails_with_file_and_line(agent, service):
