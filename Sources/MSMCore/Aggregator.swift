@@ -308,7 +308,7 @@ public actor Aggregator {
     /// A consistent copy of everything the renderer and `status` need.
     public func snapshot() -> AggregatorSnapshot {
         var byMetric: [String: [SeriesSnapshot]] = [:]
-        for slot in store.slots where slot.live {
+        for slot in store.slots where slot.live && (slot.touched || slot.type == .gauge) {
             let value: SeriesValue
             switch slot.type {
             case .counter: value = .counter(slot.counter)

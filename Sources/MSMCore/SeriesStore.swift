@@ -9,6 +9,10 @@ struct SeriesStore {
         var live: Bool = true
         /// Number of (process, series id) bindings pointing here.
         var refs: Int = 0
+        /// A counter or histogram is exposed once it has received a value: every process
+        /// announces every series of its config, and a series only announced (an engine-core
+        /// metric in the API server, dp -1) would otherwise show as a misleading zero.
+        var touched = false
         var counter: Double = 0
         var histogram: HistogramState
         var gauge = GaugeValues()
@@ -57,8 +61,14 @@ struct SeriesStore {
     // Hot-path updates; callers pass live slots.
     @inline(__always) mutating func retain(_ i: Int) { slots[i].refs += 1 }
     @inline(__always) mutating func unretain(_ i: Int) { slots[i].refs -= 1 }
-    @inline(__always) mutating func observe(_ i: Int, _ v: Double) { slots[i].histogram.observe(v) }
-    @inline(__always) mutating func increment(_ i: Int, _ v: Double) { slots[i].counter += v }
+    @inline(__always) mutating func observe(_ i: Int, _ v: Double) {
+        slots[i].histogram.observe(v)
+        slots[i].touched = true
+    }
+    @inline(__always) mutating func increment(_ i: Int, _ v: Double) {
+        slots[i].counter += v
+        slots[i].touched = true
+    }
     @inline(__always) mutating func setGauge(_ i: Int, pid: Int32, _ v: Double, seq: UInt64) {
         slots[i].gauge.set(pid: pid, value: v, seq: seq)
     }

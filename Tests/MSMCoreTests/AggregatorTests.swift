@@ -213,8 +213,9 @@ final class AggregatorTests: XCTestCase {
         var s = await agg.snapshot()
         XCTAssertEqual(hist(s, "work:duration", ["dp": "-1"])?.count, 1)
         XCTAssertEqual(value(s, "calls", ["dp": "-1", "phase": "a"]), .counter(5))
-        // Changed buckets drop the data; the live registration rebinds to an empty series.
-        XCTAssertEqual(hist(s, "size", ["dp": "-1"]), HistogramState(bounds: [1, 2, 4]))
+        // Changed buckets drop the data; the live registration rebinds to an empty series,
+        // exposed again once it receives a value.
+        XCTAssertNil(hist(s, "size", ["dp": "-1"]), "an empty series is not exposed")
         XCTAssertNil(family(s, "other:duration"), "removed metric is dropped")
         XCTAssertEqual(s.probes.map(\.symbol), ["svc:new", "svc:work", "svc:other"])
         XCTAssertEqual(s.probes.map(\.hits), [0, 1, 1], "hits follow their symbol")
@@ -225,6 +226,24 @@ final class AggregatorTests: XCTestCase {
         XCTAssertEqual(value(s, "calls", ["dp": "-1", "phase": "a"]), .counter(6))
         XCTAssertEqual(hist(s, "size", ["dp": "-1"])?.counts, [0, 1, 0, 0])
         XCTAssertEqual(hist(s, "size", ["dp": "-1"])?.bounds, [1, 2, 4])
+    }
+
+    func testAnnouncedSeriesAreExposedOnlyOnceTheyHaveAValue() async {
+        let agg = Aggregator()
+        await agg.configure(F.config())
+        // Two processes announce the same series; only the engine core (dp 0) records.
+        await agg.setProcessInfo(pid: 81, dp: 0, role: "engine_core")
+        await agg.ingest([F.series(81, 0, "work:duration"), F.series(81, 1, "calls", ["phase": "a"]),
+                          F.series(82, 0, "work:duration"), F.series(82, 1, "calls", ["phase": "a"])])
+        var s = await agg.snapshot()
+        XCTAssertNil(family(s, "work:duration"), "nothing observed yet")
+        XCTAssertNil(family(s, "calls"))
+        await agg.ingest([F.sample(81, [(0, SampleOp.observeDuration, 0), (1, SampleOp.inc, 0)])])
+        s = await agg.snapshot()
+        XCTAssertEqual(hist(s, "work:duration", ["dp": "0"])?.count, 1)
+        XCTAssertNil(hist(s, "work:duration", ["dp": "-1"]), "the API server's announced series stays hidden")
+        XCTAssertEqual(value(s, "calls", ["dp": "0", "phase": "a"]), .counter(0), "an increment by 0 is a value")
+        XCTAssertNil(value(s, "calls", ["dp": "-1", "phase": "a"]))
     }
 
     func testDPChangeRekeysSeries() async {
