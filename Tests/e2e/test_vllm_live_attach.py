@@ -347,9 +347,6 @@ def test_on_pid_plain_vllm_serve(agent, plain_vllm):
         assert "TracerPid:\t0" in Path("/proc/%d/status" % pid).read_text()
 
 
-@pytest.mark.xfail(reason="known limitation: an idle engine core waits in futex/poll, which the kernel "
-                          "restarts transparently, so no thread reaches the injector's safe point until "
-                          "requests arrive (the agent retries every 5 s and attaches then)", strict=False)
 def test_on_pid_idle_plain_vllm_serve(agent, plain_vllm):
     """The usual case: `on --pid` while the server is idle (no request in flight: the API
     server waits in its event loop, the engine core and the worker wait for input). Every
