@@ -114,12 +114,15 @@ def _signature_parts(code):
 
 # Templates. Upper-case words are placeholders for constants; ``_L_`` is the
 # prefix of the wrapper's own locals (chosen to avoid the parameter names).
-_T_SYNC = """
-def _L_wrapper(@SIG@):
+# Plain functions, generators and coroutines share one shape: they differ in how the
+# original is invoked and in whether a GeneratorExit (close() of a generator or
+# coroutine) is reported as a normal end.
+_T_CALL = """
+@DEF@ _L_wrapper(@SIG@):
     _L_t = K_NOW()
     try:
-        _L_r = K_ORIG(@CALL@)
-    except K_BASEEXC as _L_e:
+        _L_r = @INVOKE@K_ORIG(@CALL@)
+@CLOSED@    except K_BASEEXC as _L_e:
         EXIT_ERR
         STRIP
         raise
@@ -127,38 +130,22 @@ def _L_wrapper(@SIG@):
     return _L_r
 """
 
-_T_GEN = """
-def _L_wrapper(@SIG@):
-    _L_t = K_NOW()
-    try:
-        _L_r = yield from K_ORIG(@CALL@)
-    except K_GENEXIT:
+_CLOSED_CLAUSE = """    except K_GENEXIT:
         EXIT_CLOSED
         raise
-    except K_BASEEXC as _L_e:
-        EXIT_ERR
-        STRIP
-        raise
-    EXIT_OK
-    return _L_r
 """
 
-_T_CORO = """
-async def _L_wrapper(@SIG@):
-    _L_t = K_NOW()
-    try:
-        _L_r = await K_ORIG(@CALL@)
-    except K_GENEXIT:
-        EXIT_CLOSED
-        raise
-    except K_BASEEXC as _L_e:
-        EXIT_ERR
-        STRIP
-        raise
-    EXIT_OK
-    return _L_r
-"""
 
+def _call_template(define, invoke, closed):
+    return (_T_CALL.replace("@DEF@", define).replace("@INVOKE@", invoke)
+            .replace("@CLOSED@", _CLOSED_CLAUSE if closed else ""))
+
+
+_T_SYNC = _call_template("def", "", closed=False)
+_T_GEN = _call_template("def", "yield from ", closed=True)
+_T_CORO = _call_template("async def", "await ", closed=True)
+
+# Async generators cannot ``yield from``: every asend/athrow is forwarded by hand.
 _T_AGEN = """
 async def _L_wrapper(@SIG@):
     _L_t = K_NOW()
