@@ -32,20 +32,11 @@ struct {
     __type(value, __u64);
 } stats SEC(".maps");
 
-/* Ring-buffer records come in two fixed sizes, so the payload is read straight into
- * reserved ring memory. (A per-CPU staging buffer is not safe here: uprobe programs run
- * with migration disabled but preemptible, so two threads on one CPU could interleave.)
- * Most events are samples of a few values and take the small record; JSON messages and
- * wide samples take the large one. The agent reads the length from the header. */
-struct small_record {
-    struct msm_event header;
-    __u8 payload[MSM_SMALL_PAYLOAD];
-};
-
-struct large_record {
-    struct msm_event header;
-    __u8 payload[MSM_MAX_PAYLOAD];
-};
+/* Ring-buffer records come in two fixed sizes (header + MSM_SMALL_PAYLOAD or
+ * MSM_MAX_PAYLOAD bytes), so the payload is read straight into reserved ring memory. (A
+ * per-CPU staging buffer is not safe here: uprobe programs run with migration disabled
+ * but preemptible, so two threads on one CPU could interleave.) Most events are samples
+ * of a few values and take the small record. The agent reads the length from the header. */
 
 static __always_inline void count(__u32 which)
 {
@@ -65,6 +56,27 @@ static __always_inline void stamp(struct msm_event *header, __u32 len, __u32 fla
     header->flags = flags;
 }
 
+/* Reserves a record with room for `capacity` payload bytes (a constant at each inlined
+ * call site, as bpf_ringbuf_reserve requires), copies `len` bytes of the payload into it
+ * and submits it, or counts why not. */
+static __always_inline void copy_event(__u64 capacity, const void *payload, __u64 len, __u32 flags)
+{
+    struct msm_event *header = bpf_ringbuf_reserve(&events, sizeof(*header) + capacity, 0);
+
+    if (!header) {
+        count(MSM_STAT_DROPS);
+        return;
+    }
+    barrier_var(len);
+    if (len > capacity || bpf_probe_read_user(header + 1, len, payload) != 0) {
+        bpf_ringbuf_discard(header, BPF_RB_NO_WAKEUP);
+        count(MSM_STAT_READ_ERRORS);
+        return;
+    }
+    stamp(header, len, flags);
+    bpf_ringbuf_submit(header, BPF_RB_NO_WAKEUP);
+}
+
 /* BPF_KPROBE only unpacks pt_regs arguments; libbpf 1.1 has no BPF_UPROBE. */
 SEC("uprobe")
 int BPF_KPROBE(msm_emit_hit, const void *payload, __u32 len_arg)
@@ -78,38 +90,9 @@ int BPF_KPROBE(msm_emit_hit, const void *payload, __u32 len_arg)
         flags |= MSM_EVENT_TRUNCATED;
         count(MSM_STAT_TRUNCATED);
     }
-    /* Keep the verifier convinced the length is bounded after the branch above. */
-    barrier_var(len);
-
-    if (len <= MSM_SMALL_PAYLOAD) {
-        struct small_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
-        if (!rec) {
-            count(MSM_STAT_DROPS);
-            return 0;
-        }
-        if (bpf_probe_read_user(rec->payload, len, payload) != 0) {
-            bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-            count(MSM_STAT_READ_ERRORS);
-            return 0;
-        }
-        stamp(&rec->header, len, flags);
-        bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
-        return 0;
-    }
-    if (len > MSM_MAX_PAYLOAD)
-        return 0;
-
-    struct large_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
-    if (!rec) {
-        count(MSM_STAT_DROPS);
-        return 0;
-    }
-    if (bpf_probe_read_user(rec->payload, len, payload) != 0) {
-        bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-        count(MSM_STAT_READ_ERRORS);
-        return 0;
-    }
-    stamp(&rec->header, len, flags);
-    bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
+    if (len <= MSM_SMALL_PAYLOAD)
+        copy_event(MSM_SMALL_PAYLOAD, payload, len, flags);
+    else
+        copy_event(MSM_MAX_PAYLOAD, payload, len, flags);
     return 0;
 }
