@@ -32,11 +32,11 @@ struct {
     __type(value, __u64);
 } stats SEC(".maps");
 
-/* Ring-buffer records come in two fixed sizes (header + MSM_SMALL_PAYLOAD or
- * MSM_MAX_PAYLOAD bytes), so the payload is read straight into reserved ring memory. (A
+/* Ring-buffer records come in three fixed sizes (see MSM_TIMER_PAYLOAD in msm_abi.h), so
+ * the payload is read straight into reserved ring memory. (A
  * per-CPU staging buffer is not safe here: uprobe programs run with migration disabled
- * but preemptible, so two threads on one CPU could interleave.) Most events are samples
- * of a few values and take the small record. The agent reads the length from the header. */
+ * but preemptible, so two threads on one CPU could interleave.) Most events are timer
+ * samples and take the smallest record. The agent reads the length from the header. */
 
 static __always_inline void count(__u32 which)
 {
@@ -90,7 +90,9 @@ int BPF_KPROBE(msm_emit_hit, const void *payload, __u32 len_arg)
         flags |= MSM_EVENT_TRUNCATED;
         count(MSM_STAT_TRUNCATED);
     }
-    if (len <= MSM_SMALL_PAYLOAD)
+    if (len <= MSM_TIMER_PAYLOAD)
+        copy_event(MSM_TIMER_PAYLOAD, payload, len, flags);
+    else if (len <= MSM_SMALL_PAYLOAD)
         copy_event(MSM_SMALL_PAYLOAD, payload, len, flags);
     else
         copy_event(MSM_MAX_PAYLOAD, payload, len, flags);

@@ -35,8 +35,10 @@
  * event is flagged truncated (the agent drops it and counts it). */
 #define MSM_MAX_PAYLOAD 2048
 
-/* Payloads up to this size take a small ring-buffer record (header + 232 bytes = 256:
- * a sample with up to 13 values); larger ones a record of MSM_MAX_PAYLOAD. */
+/* Ring-buffer record classes by payload size: a timer sample (40 bytes: header + one
+ * value) fills a 64-byte record exactly; samples with up to 13 values take 256 bytes;
+ * anything larger (JSON messages) MSM_MAX_PAYLOAD. */
+#define MSM_TIMER_PAYLOAD 40
 #define MSM_SMALL_PAYLOAD 232
 
 /* ---------------------------------------------------------------- kernel -> agent */
@@ -114,5 +116,9 @@ struct msm_sample {
  *   ack     {generation, enabled, instrumented}          control file applied
  *   bye     {reason}                                     provider restored all
  */
+
+_Static_assert(MSM_TIMER_PAYLOAD == sizeof(struct msm_sample) + sizeof(struct msm_value),
+               "a timer sample must fill the smallest ring-buffer record exactly");
+_Static_assert(sizeof(struct msm_event) + MSM_TIMER_PAYLOAD == 64, "64-byte timer records");
 
 #endif /* MSM_ABI_H */
