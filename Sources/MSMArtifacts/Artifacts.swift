@@ -11,10 +11,9 @@ public enum Artifacts {
         String(decoding: Data(base64Encoded: EmbeddedArtifacts.defaultConfigBase64) ?? Data(), as: UTF8.self)
     }
 
-    /// Files of the provider directory, relative path → contents.
-    public static var providerFiles: [(path: String, data: Data)] {
+    /// Files of the provider directory, relative path → contents. Decoded once, on first use.
+    public static let providerFiles: [(path: String, data: Data)] =
         EmbeddedArtifacts.providerFilesBase64.map { ($0.path, Data(base64Encoded: $0.base64) ?? Data()) }
-    }
 
     /// Content hash of the provider files; names their install directory.
     public static var providerHash: String { EmbeddedArtifacts.contentHash }
