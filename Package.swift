@@ -54,5 +54,9 @@ let package = Package(
         .executableTarget(name: "msm-bench", dependencies: ["MSMCore"], path: "Sources/msm-bench"),
 
         .testTarget(name: "MSMCoreTests", dependencies: ["MSMCore"], path: "Tests/MSMCoreTests"),
+        // The pure parts of the PEP 768 path (offsets parsing, request planning).
+        .testTarget(name: "CInjectorTests", dependencies: ["CInjector"], path: "Tests/CInjectorTests"),
+        // Agent logic that needs no BPF: /proc parsing and caching, the injection schedule.
+        .testTarget(name: "MSMAgentTests", dependencies: ["MSMAgent"], path: "Tests/MSMAgentTests"),
     ]
 )

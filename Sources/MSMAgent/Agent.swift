@@ -39,6 +39,8 @@ public actor Agent {
     private var lastScrapeSeconds: Double?
     /// Processes seen and found not to be CPython (pid → start time): not targets.
     private var ignored: [Int32: UInt64] = [:]
+    /// /proc as of the last scan; cmdline and maps are not read again on every scan.
+    private var processes = ProcessScanCache()
     /// Targets in other mount namespaces read their control file at this path.
     private var controlFileCopies: [Int32: String] = [:]
     private var lastControlData: Data?
@@ -201,34 +203,37 @@ public actor Agent {
     /// watching all), attaches to those that carry the provider, and retires exited ones.
     public func scan() async {
         guard enabled else { return }
+        processes.refresh()
+        // Ignored processes that are gone (or whose pid was reused) need no entry any more.
+        ignored = ignored.filter { processes.startTime(of: $0.key) == $0.value }
         // Without --pid: every `vllm serve` on the host (with its process tree) and every
         // process that already carries the provider.
         let candidates: Set<Int32> = watchAll
-            ? ProcessTable.descendants(of: roots.union(ProcessTable.vllmServers()))
-                .union(ProcessTable.allPids().filter { ProcessTable.providerLibrary(of: $0) != nil })
-            : ProcessTable.descendants(of: roots)
+            ? processes.descendants(of: roots.union(processes.vllmServers())).union(processes.providerProcesses())
+            : processes.descendants(of: roots)
 
         for (pid, target) in targets where target.state != .exited {
-            let facts = ProcessTable.facts(pid)
-            if facts == nil || facts?.startTime != target.startTime {
+            if processes.startTime(of: pid) != target.startTime {
                 retire(pid)
             }
         }
         var toAttach: [ProcessFacts] = []
         var toRevive: [Int32] = []
         for pid in candidates.sorted() {
-            guard let facts = ProcessTable.facts(pid) else { continue }
-            if ignored[pid] == facts.startTime { continue }
-            if !roots.contains(pid), ProcessRole.isPythonHelper(title: facts.title) {
-                ignored[pid] = facts.startTime
+            guard let startTime = processes.startTime(of: pid), let parent = processes.parent(of: pid) else { continue }
+            if ignored[pid] == startTime { continue }
+            if !roots.contains(pid), ProcessRole.isPythonHelper(title: processes.title(of: pid)) {
+                ignored[pid] = startTime
                 continue
             }
-            if let known = targets[pid], known.startTime == facts.startTime {
+            if let known = targets[pid], known.startTime == startTime {
                 if known.injecting { continue }
                 switch known.state {
                 case .noProvider, .error:
                     // Still starting up, or a retryable injection failure: try again when due.
-                    if known.retryAt.map({ ContinuousClock.now >= $0 }) ?? true { toAttach.append(facts) }
+                    if known.retryAt.map({ ContinuousClock.now >= $0 }) ?? true {
+                        toAttach.append(attachFacts(pid: pid, parent: parent, startTime: startTime))
+                    }
                 case .attached:
                     toRevive.append(pid)
                 case .exited:
@@ -236,7 +241,7 @@ public actor Agent {
                 }
                 continue
             }
-            toAttach.append(facts)
+            toAttach.append(attachFacts(pid: pid, parent: parent, startTime: startTime))
         }
         // Concurrently: an injection waits (up to seconds) for a safe point in its target;
         // one process that never reaches one must not hold up the others.
@@ -251,6 +256,12 @@ public actor Agent {
                 await aggregator.processExited(pid: pid)
             }
         }
+    }
+
+    /// The role comes from the title at attach time: read it fresh (the scan's copy may be
+    /// from before a retitle that left comm alone).
+    private func attachFacts(pid: Int32, parent: Int32, startTime: UInt64) -> ProcessFacts {
+        ProcessFacts(pid: pid, parent: parent, startTime: startTime, title: ProcessTable.title(pid))
     }
 
     private func attach(_ facts: ProcessFacts) async {

@@ -1,6 +1,7 @@
 import Foundation
 
-/// What /proc says about one process. Read fresh on every scan; nothing here is cached.
+/// What /proc says about one process, read fresh. (The agent's periodic scan goes through
+/// `ProcessScanCache`, which keeps what only changes on execve or a retitle.)
 public struct ProcessFacts: Sendable, Equatable {
     public let pid: Int32
     public let parent: Int32
@@ -14,7 +15,7 @@ public struct ProcessFacts: Sendable, Equatable {
 public enum ProcessTable {
     /// True for a live process; a zombie (exited, not yet reaped by its parent) is gone.
     public static func exists(_ pid: Int32) -> Bool {
-        facts(pid) != nil
+        statFields(pid) != nil
     }
 
     public static func facts(_ pid: Int32) -> ProcessFacts? {
@@ -24,49 +25,82 @@ public enum ProcessTable {
 
     /// Parent and start time from /proc/PID/stat; nil for a process that is gone or a zombie.
     static func statFields(_ pid: Int32) -> (parent: Int32, startTime: UInt64)? {
-        guard let stat = readProcFile("/proc/\(pid)/stat"),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        // Fields after "(comm)": state ppid ... starttime is field 22 overall, 20th after comm.
-        let rest = stat[stat.index(after: close)...].split(separator: " ")
-        guard rest.count > 19, let parent = Int32(rest[1]), let start = UInt64(rest[19]) else { return nil }
-        // Z: zombie, X: dead — the process has exited even though its /proc entry remains.
-        guard rest[0] != "Z", rest[0] != "X" else { return nil }
-        return (parent, start)
+        statLine(pid).map { ($0.parent, $0.startTime) }
+    }
+
+    /// The fields of /proc/PID/stat the agent uses; nil for a process that is gone or a zombie.
+    static func statLine(_ pid: Int32) -> StatLine? {
+        guard let bytes = readProcBytesOnce("/proc/\(pid)/stat") else { return nil }
+        return StatLine(parsing: String(decoding: bytes, as: UTF8.self))
     }
 
     /// Seconds since the process started (from its start time and /proc/uptime).
     public static func ageSeconds(_ facts: ProcessFacts) -> Double {
-        guard let uptimeText = readProcFile("/proc/uptime"),
-              let uptime = Double(uptimeText.split(separator: " ").first ?? "") else { return 0 }
-        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return uptime - Double(facts.startTime) / (ticks > 0 ? ticks : 100)
+        ageSeconds(startTime: facts.startTime, uptime: uptimeSeconds())
     }
+
+    static func ageSeconds(startTime: UInt64, uptime: Double) -> Double {
+        uptime - Double(startTime) / clockTicksPerSecond
+    }
+
+    /// Seconds since boot (/proc/uptime); 0 when unreadable.
+    static func uptimeSeconds() -> Double {
+        guard let bytes = readProcBytesOnce("/proc/uptime") else { return 0 }
+        return Double(String(decoding: bytes, as: UTF8.self).split(separator: " ").first ?? "") ?? 0
+    }
+
+    static let clockTicksPerSecond: Double = {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return ticks > 0 ? ticks : 100
+    }()
 
     /// The process title: /proc/PID/cmdline (which setproctitle rewrites, e.g.
     /// "VLLM::EngineCore_DP1"), falling back to comm.
     public static func title(_ pid: Int32) -> String {
-        if let data = readProcBytes("/proc/\(pid)/cmdline"), !data.isEmpty {
-            let parts = data.split(separator: 0, omittingEmptySubsequences: true)
-            let text = parts.map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
-            if !text.isEmpty { return String(text.prefix(200)) }
-        }
-        let comm = readProcFile("/proc/\(pid)/comm") ?? ""
-        return comm.trimmingCharacters(in: .whitespacesAndNewlines)
+        title(arguments: arguments(pid) ?? []) ?? comm(pid)
     }
 
+    /// The title from cmdline's arguments (joined with spaces, at most 200 characters); nil
+    /// when there are none (kernel threads, a process that cleared its cmdline).
+    static func title(arguments: [String]) -> String? {
+        let text = arguments.joined(separator: " ")
+        return text.isEmpty ? nil : String(text.prefix(200))
+    }
+
+    /// /proc/PID/cmdline split at its NULs (at most `limit` bytes read).
+    static func arguments(_ pid: Int32, limit: Int = 64 << 20) -> [String]? {
+        readProcBytes("/proc/\(pid)/cmdline", limit: limit).map { data in
+            data.split(separator: 0, omittingEmptySubsequences: true).map { String(decoding: $0, as: UTF8.self) }
+        }
+    }
+
+    static func comm(_ pid: Int32) -> String {
+        (readProcFile("/proc/\(pid)/comm") ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The numeric entries of /proc.
     public static func allPids() -> [Int32] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return names.compactMap { Int32($0) }
+        guard let dir = opendir("/proc") else { return [] }
+        defer { closedir(dir) }
+        var pids: [Int32] = []
+        while let entry = readdir(dir) {
+            let pid = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { Int32(String(cString: $0)) }
+            }
+            if let pid { pids.append(pid) }
+        }
+        return pids
     }
 
     /// Processes running `vllm serve` (the API server: the root of a vLLM process tree).
     public static func vllmServers() -> Set<Int32> {
-        Set(allPids().filter { pid in
-            guard let bytes = readProcBytes("/proc/\(pid)/cmdline", limit: 4096) else { return false }
-            let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            guard let serve = args.firstIndex(of: "serve"), serve > 0 else { return false }
-            return args[..<serve].contains { $0 == "vllm" || $0.hasSuffix("/vllm") }
-        })
+        Set(allPids().filter { pid in isVllmServe(arguments: arguments(pid, limit: 4096) ?? []) })
+    }
+
+    /// `vllm serve …`, also through an interpreter (`python …/bin/vllm serve …`).
+    static func isVllmServe(arguments args: [String]) -> Bool {
+        guard let serve = args.firstIndex(of: "serve"), serve > 0 else { return false }
+        return args[..<serve].contains { $0 == "vllm" || $0.hasSuffix("/vllm") }
     }
 
     /// `roots` and every live descendant of them.
@@ -87,14 +121,62 @@ public enum ProcessTable {
     /// The path (as the process sees it) of the mapped provider library, if the process has
     /// the provider loaded.
     public static func providerLibrary(of pid: Int32, fileName: String = "_msm_probe.abi3.so") -> String? {
-        guard let maps = readProcFile("/proc/\(pid)/maps") else { return nil }
-        for line in maps.split(separator: "\n") where line.hasSuffix(fileName) || line.hasSuffix(fileName + " (deleted)") {
+        mappedFiles(pid, providerFileName: fileName)?.providerLibrary
+    }
+
+    /// What /proc/PID/maps says about the provider and Python; nil for a process that is gone.
+    static func mappedFiles(_ pid: Int32, providerFileName: String = MappedFiles.providerFileName) -> MappedFiles? {
+        readProcFile("/proc/\(pid)/maps").map { MappedFiles(maps: $0, providerFileName: providerFileName) }
+    }
+}
+
+/// The fields of one /proc/PID/stat line the agent uses.
+struct StatLine: Equatable {
+    let state: Character
+    let parent: Int32
+    let startTime: UInt64
+    /// The executable's name, or what the process set with prctl(PR_SET_NAME) (setproctitle
+    /// does): it changes on execve and on a retitle.
+    let comm: String
+
+    /// nil for a malformed line and for a zombie or dead process (Z, X: exited, its /proc
+    /// entry not yet reaped).
+    init?(parsing line: String) {
+        guard let open = line.firstIndex(of: "("), let close = line.lastIndex(of: ")"), open < close else { return nil }
+        // Fields after "(comm)": state ppid ... starttime is field 22 overall, 20th after comm.
+        let rest = line[line.index(after: close)...].split(separator: " ")
+        guard rest.count > 19, let state = rest[0].first, let parent = Int32(rest[1]),
+              let start = UInt64(rest[19]), state != "Z", state != "X" else { return nil }
+        self.state = state
+        self.parent = parent
+        startTime = start
+        comm = String(line[line.index(after: open)..<close])
+    }
+}
+
+/// One pass over /proc/PID/maps: the provider library's path and whether Python is mapped.
+struct MappedFiles: Equatable {
+    static let providerFileName = "_msm_probe.abi3.so"
+
+    /// The provider library's path as the process sees it.
+    let providerLibrary: String?
+    /// A mapped file with "python" in its name (python3.11, libpython3.12.so.1.0, …). Without
+    /// one the process cannot be CPython (the injector finds the interpreter by these names).
+    let mapsPython: Bool
+
+    init(maps: String, providerFileName: String = MappedFiles.providerFileName) {
+        var library: String?
+        var python = false
+        for line in maps.split(separator: "\n") {
             guard let slash = line.firstIndex(of: "/") else { continue }
-            var path = String(line[slash...])
-            if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
-            return path
+            var path = line[slash...]
+            if path.hasSuffix(" (deleted)") { path = path.dropLast(" (deleted)".count) }
+            let name = path.split(separator: "/").last ?? ""
+            if library == nil, name == providerFileName { library = String(path) }
+            if !python, name.contains("python") { python = true }
         }
-        return nil
+        providerLibrary = library
+        mapsPython = python
     }
 }
 
@@ -113,6 +195,23 @@ func readProcBytes(_ path: String, limit: Int = 64 << 20) -> [UInt8]? {
         result.append(contentsOf: chunk[0..<count])
     }
     return result
+}
+
+/// Reads a small /proc file (stat, uptime) with one read(2): these are generated whole on
+/// the first read, so a read shorter than the buffer has everything. Falls back to
+/// `readProcBytes` when the buffer was filled.
+func readProcBytesOnce(_ path: String, capacity: Int = 4096) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: capacity)
+    var count: Int
+    repeat {
+        count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    } while count < 0 && errno == EINTR
+    if count < 0 { return nil }
+    if count == capacity { return readProcBytes(path) }
+    return Array(buffer[0..<count])
 }
 
 func readProcFile(_ path: String) -> String? {
