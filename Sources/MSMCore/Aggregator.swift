@@ -79,14 +79,27 @@ public actor Aggregator {
     }
 
     /// DP rank (-1: front end) and role of a target process, as the agent determined them.
-    /// Series of the process are re-keyed if its rank changes.
+    /// Series of the process are re-keyed if its rank changes. The process's gauge values
+    /// move with it (a one-off snapshot set before the agent learnt the rank, such as the
+    /// memory gauges of a worker that sets its title late, must not be lost); what its
+    /// counters and histograms recorded before stays under the old rank.
     public func setProcessInfo(pid: Int32, dp: Int, role: String) {
         let proc = process(pid)
         proc.role = role
         guard proc.dp != dp else { return }
         proc.dp = dp
+        var gaugeValues: [UInt32: GaugeValues.Entry] = [:]
+        for id in proc.registrations.keys {
+            if case let .slot(i, .gauge) = proc.binding(id),
+               let entry = store.slots[i].gauge.entries.first(where: { $0.pid == pid }) {
+                gaugeValues[id] = entry
+            }
+        }
         unbindAll(proc)
         for (id, ann) in proc.registrations { bind(proc, id: id, ann, countRefusal: false) }
+        for (id, entry) in gaugeValues {
+            if case let .slot(i, .gauge) = proc.binding(id) { store.setGauge(i, pid: pid, entry.value, seq: entry.seq) }
+        }
     }
 
     /// Forgets a process: its tables, its gauges. Its counters and histograms stay.

@@ -246,6 +246,18 @@ final class AggregatorTests: XCTestCase {
         XCTAssertNil(value(s, "calls", ["dp": "-1", "phase": "a"]))
     }
 
+    func testDPChangeMovesTheProcessGaugeValues() async {
+        let agg = Aggregator()
+        await agg.configure(F.config())
+        // A worker sets its memory snapshot before the agent knows its rank.
+        await agg.ingest([F.series(83, 1, "queue"), F.sample(83, [(1, SampleOp.set, 7)]),
+                          F.series(84, 1, "queue"), F.sample(84, [(1, SampleOp.set, 3)])])
+        await agg.setProcessInfo(pid: 83, dp: 1, role: "worker")
+        let s = await agg.snapshot()
+        XCTAssertEqual(value(s, "queue", ["dp": "1"]), .gauge(7), "the value moved with the process")
+        XCTAssertEqual(value(s, "queue", ["dp": "-1"]), .gauge(3), "the other process keeps its own")
+    }
+
     func testDPChangeRekeysSeries() async {
         let agg = Aggregator()
         await agg.configure(F.config())
