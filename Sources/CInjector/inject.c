@@ -806,10 +806,18 @@ static int find_python(pid_t pid, const struct maps *m, struct target *tg, struc
                 return fail(r, MSM_INJECT_UNSUPPORTED_VERSION,
                             "pid %d runs CPython %s: live injection needs 3.10-3.13; "
                             "start it under `ms-service-metric exec`", pid, r->python_version);
-            if (minor > 13)
+            if (minor > 14)
                 return fail(r, MSM_INJECT_UNSUPPORTED_VERSION,
-                            "pid %d runs CPython %s: 3.14+ needs the PEP 768 remote-debugging path, "
-                            "not implemented yet; start it under `ms-service-metric exec`", pid, r->python_version);
+                            "pid %d runs CPython %s: this agent knows the PEP 768 offsets of 3.14 only; "
+                            "start it under `ms-service-metric exec`", pid, r->python_version);
+            if (minor == 14 && ft)
+                return fail(r, MSM_INJECT_FREE_THREADED,
+                            "pid %d runs a free-threaded CPython %s (3.14t): the provider does not support "
+                            "it; start it under `ms-service-metric exec`", pid, r->python_version);
+            if (minor == 14) {  // PEP 768 (pep768.c), no ptrace
+                r->method = MSM_INJECT_METHOD_PEP768;
+                return 0;
+            }
             if (ft)
                 return fail(r, MSM_INJECT_FREE_THREADED,
                             "pid %d runs a free-threaded CPython %s (no GIL): live injection is not "
@@ -898,6 +906,10 @@ static int inject(pid_t pid, const char *src, int timeout_ms, struct msm_inject_
     struct target tg = {0};
     int rc = preflight(pid, r, &tg);
     if (rc) return rc;
+    if (r->method == MSM_INJECT_METHOD_PEP768)
+        return fail(r, MSM_INJECT_UNSUPPORTED_VERSION,
+                    "pid %d runs CPython %s: ptrace injection covers 3.10-3.13; 3.14 goes through "
+                    "PEP 768 (msm_pep768_inject); nothing was changed", pid, r->python_version);
     char path[64];
 
     struct ctx c = { .pid = pid, .memfd = -1 };
@@ -1104,8 +1116,9 @@ int msm_inject_check(pid_t pid, struct msm_inject_result *result) {
 #if defined(__x86_64__)
     struct target tg = {0};
     int rc = preflight(pid, result, &tg);
-    if (!rc) fail(result, MSM_INJECT_OK, "pid %d: CPython %s (%s) can be injected", pid, result->python_version,
-                  result->layout == MSM_LAYOUT_STATIC ? "static executable" : "shared libpython");
+    if (!rc) fail(result, MSM_INJECT_OK, "pid %d: CPython %s (%s) can be injected%s", pid, result->python_version,
+                  result->layout == MSM_LAYOUT_STATIC ? "static executable" : "shared libpython",
+                  result->method == MSM_INJECT_METHOD_PEP768 ? " through PEP 768" : "");
     return rc;
 #else
     return fail(result, MSM_INJECT_UNSUPPORTED_ARCH,
