@@ -14,8 +14,11 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
     public let pythonVersion: String
     public let layout: Layout
     public let objectPath: String
-    /// PyRun_SimpleString's return value: 0 ok, -1 the code raised, -2 not called.
+    /// PyRun_SimpleString's return value: 0 ok, -1 the code raised, -2 not called; -3 handed
+    /// to the target through PEP 768 (3.14+: it runs the script itself, result not seen).
     public let pyRunResult: Int32
+    /// "ptrace" (3.10-3.13, safe point) or "pep768" (3.14, remote-execution protocol).
+    public let method: String
     public let thread: Int32
     public let threads: Int
     public let safePointHits: Int
@@ -37,7 +40,9 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
 
     public var description: String {
         var text = "pid \(pid): \(message)"
-        if succeeded {
+        if succeeded && method == "pep768" {
+            text += String(format: "; its main thread took the request after %.1f ms", waitMilliseconds)
+        } else if succeeded {
             text += String(format: "; %d threads, safe point after %.1f ms, thread held %.1f ms, total %.1f ms",
                            threads, waitMilliseconds, heldMilliseconds, totalMilliseconds)
             if safePointMethod == "woken" {
@@ -72,6 +77,7 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
         default: layout = .unknown
         }
         pyRunResult = r.pyrun_result
+        method = r.method == Int32(MSM_INJECT_METHOD_PEP768.rawValue) ? "pep768" : "ptrace"
         thread = r.thread
         threads = Int(r.threads)
         safePointHits = Int(r.safe_point_hits)
@@ -96,16 +102,15 @@ public struct InjectionError: Error, CustomStringConvertible {
     public var targetUntouched: Bool { report.pyRunResult == -2 }
 }
 
-/// Live injection into an already running, unprepared CPython 3.10-3.13 process (ptrace).
+/// Live injection into an already running, unprepared CPython process: 3.10-3.13 with ptrace
+/// at a safe point, 3.14 with the PEP 768 remote-execution protocol (a script file).
 public enum Injector {
     /// Runs `source` with PyRun_SimpleString in a thread of `pid` stopped at a safe point.
     /// Throws InjectionError (with the report) for every refusal and failure, including a
     /// Python exception in `source` (PyRun_SimpleString returned -1).
     public static func inject(pid: Int32, source: String, timeout: Duration) throws -> InjectionReport {
-        let parts = timeout.components
-        let ms = max(1, min(Int64(Int32.max), parts.seconds * 1000 + parts.attoseconds / 1_000_000_000_000_000))
         var result = msm_inject_result()
-        _ = source.withCString { msm_inject_python(pid, $0, Int32(ms), &result) }
+        _ = source.withCString { msm_inject_python(pid, $0, Int32(milliseconds(timeout)), &result) }
         let report = InjectionReport(pid: pid, result: result)
         guard report.succeeded else { throw InjectionError(report: report) }
         return report
@@ -122,9 +127,16 @@ public enum Injector {
         guard preflight.succeeded else { throw InjectionError(report: preflight) }
         let placement = try ProviderPlacement.place(providerDirectory: providerDirectory, forPid: pid,
                                                     files: Artifacts.providerFiles)
-        var report = try inject(pid: pid, source: bootstrapSource(providerDirectory: providerDirectory,
-                                                                  controlFile: controlFile),
-                                timeout: timeout)
+        let source = bootstrapSource(providerDirectory: providerDirectory, controlFile: controlFile)
+        var script: String?
+        var report: InjectionReport
+        if check.method == Int32(MSM_INJECT_METHOD_PEP768.rawValue) {
+            let path = try writeBootScript(source, providerDirectory: providerDirectory, pid: pid)
+            script = path
+            report = try requestRemoteExec(pid: pid, scriptPath: path, timeout: timeout)
+        } else {
+            report = try inject(pid: pid, source: source, timeout: timeout)
+        }
         report.placement = placement.rawValue
         let deadline = ContinuousClock.now + loadTimeout
         var loaded = providerMapped(pid: pid)
@@ -133,7 +145,89 @@ public enum Injector {
             loaded = providerMapped(pid: pid)
         }
         report.providerLoaded = loaded
+        if loaded, let script {  // read by now; a pending request keeps its file
+            removeBootScript(script, pid: pid)
+        }
         return report
+    }
+
+    /// CPython 3.14 (PEP 768): asks the main thread of `pid` to run the file `scriptPath` (a
+    /// path valid in the target's mount namespace) at its next eval-breaker check; waits up to
+    /// `timeout` until that thread took the request. Throws InjectionError for refusals and
+    /// for a request still pending at the timeout (code MSM_INJECT_TIMEOUT, pyRunResult -3).
+    public static func requestRemoteExec(pid: Int32, scriptPath: String, timeout: Duration) throws -> InjectionReport {
+        var result = msm_inject_result()
+        _ = scriptPath.withCString { msm_pep768_inject(pid, $0, Int32(milliseconds(timeout)), &result) }
+        let report = InjectionReport(pid: pid, result: result)
+        guard report.succeeded else { throw InjectionError(report: report) }
+        return report
+    }
+
+    /// The bootstrap as a file the target can open: `<providerDirectory>.boot-<pid>.py`, beside
+    /// the provider files placed for it, written through /proc/PID/root without following a
+    /// symlink (the directories were created or checked by ProviderPlacement). Returns the
+    /// path as the target sees it.
+    static func writeBootScript(_ source: String, providerDirectory: String, pid: Int32) throws -> String {
+        let parent = (providerDirectory as NSString).deletingLastPathComponent
+        let name = "\((providerDirectory as NSString).lastPathComponent).boot-\(pid).py"
+        let dirfd = try openInTarget(parent, pid: pid)
+        defer { close(dirfd) }
+        let staging = ".\(name).\(getpid()).tmp"
+        unlinkat(dirfd, staging, 0)
+        let fd = openat(dirfd, staging, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw RuntimeError("cannot create the bootstrap script in \(parent) for pid \(pid): \(String(cString: strerror(errno)))")
+        }
+        fchmod(fd, 0o644)
+        let bytes = Array((source + "\n").utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                close(fd)
+                unlinkat(dirfd, staging, 0)
+                throw RuntimeError("cannot write the bootstrap script for pid \(pid): \(String(cString: strerror(errno)))")
+            }
+            offset += n
+        }
+        close(fd)
+        guard renameat(dirfd, staging, dirfd, name) == 0 else {
+            let err = errno
+            unlinkat(dirfd, staging, 0)
+            throw RuntimeError("cannot move the bootstrap script into place for pid \(pid): \(String(cString: strerror(err)))")
+        }
+        return "\(parent)/\(name)"
+    }
+
+    static func removeBootScript(_ path: String, pid: Int32) {
+        let parent = (path as NSString).deletingLastPathComponent
+        guard let dirfd = try? openInTarget(parent, pid: pid) else { return }
+        unlinkat(dirfd, (path as NSString).lastPathComponent, 0)
+        close(dirfd)
+    }
+
+    /// An absolute directory of pid's mount namespace, opened component by component from
+    /// /proc/PID/root with O_NOFOLLOW.
+    private static func openInTarget(_ directory: String, pid: Int32) throws -> Int32 {
+        var fd = open("/proc/\(pid)/root", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw RuntimeError("cannot open /proc/\(pid)/root: \(String(cString: strerror(errno)))") }
+        for part in directory.split(separator: "/") where !part.isEmpty {
+            guard part != "..", part != "." else { close(fd); throw RuntimeError("\(directory) is not a normalised path") }
+            let next = openat(fd, String(part), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let err = errno
+            close(fd)
+            guard next >= 0 else {
+                throw RuntimeError("cannot open \(directory) in pid \(pid)'s mount namespace: \(String(cString: strerror(err)))")
+            }
+            fd = next
+        }
+        return fd
+    }
+
+    private static func milliseconds(_ timeout: Duration) -> Int64 {
+        let parts = timeout.components
+        return max(1, min(Int64(Int32.max), parts.seconds * 1000 + parts.attoseconds / 1_000_000_000_000_000))
     }
 
     /// Is the provider's native library (`_msm_probe.abi3.so`) mapped in pid?
