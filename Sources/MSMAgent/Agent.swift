@@ -227,11 +227,11 @@ public actor Agent {
                 continue
             }
             if let known = targets[pid], known.startTime == startTime {
-                if known.injecting { continue }
+                if known.acquisition.injecting { continue }
                 switch known.state {
                 case .noProvider, .error:
                     // Still starting up, or a retryable injection failure: try again when due.
-                    if known.retryAt.map({ ContinuousClock.now >= $0 }) ?? true {
+                    if known.acquisition.isDue(now: .now) {
                         toAttach.append(attachFacts(pid: pid, parent: parent, startTime: startTime))
                     }
                 case .attached:
@@ -320,15 +320,15 @@ public actor Agent {
     /// a safe point). Returns true when the provider's library is now mapped. Processes that
     /// are not CPython are remembered and skipped, unless they were named with --pid.
     private func injectProvider(into facts: ProcessFacts, target: inout Target) async -> Bool {
-        guard ProcessTable.ageSeconds(facts) >= 1.0 else {
+        guard !ProviderAcquisition.isStarting(ageSeconds: ProcessTable.ageSeconds(facts)) else {
             // A process that is still starting has no interpreter ready yet: next scan.
             target.state = .noProvider
             target.detail = "starting; provider injection pending"
-            target.retryAt = .now + .milliseconds(250)
+            target.acquisition.awaitStartup(now: .now)
             return false
         }
         let pid = facts.pid
-        target.injecting = true
+        target.acquisition.begin()
         targets[pid] = target
         let runtime = settings.runtime
         // A dedicated thread, not the concurrency pool: the injector blocks for up to its
@@ -345,10 +345,9 @@ public actor Agent {
                 return .failed(code: Int32(MSM_INJECT_PTRACE_ERROR.rawValue), message: "\(error)")
             }
         }
-        target.injecting = false
-        target.injectionAttempts += 1
         switch outcome {
         case let .injected(report):
+            target.acquisition.finish(.injected, now: .now)
             target.origin = "injected"
             target.python = report.pythonVersion
             if report.placement == "copied" || report.placement == "present" {
@@ -362,6 +361,7 @@ public actor Agent {
         case let .failed(code, message):
             let isRoot = roots.contains(pid)
             if !isRoot, code == Int32(MSM_INJECT_NOT_CPYTHON.rawValue) || code == Int32(MSM_INJECT_NO_PROCESS.rawValue) {
+                target.acquisition.finish(.notATarget, now: .now)
                 ignored[pid] = facts.startTime  // not a Python process: not a target
                 targets[pid] = nil
                 return false
@@ -370,10 +370,8 @@ public actor Agent {
             target.detail = message
             let retryable = code == Int32(MSM_INJECT_TIMEOUT.rawValue) || code == Int32(MSM_INJECT_ALREADY_TRACED.rawValue)
                 || code == Int32(MSM_INJECT_PTRACE_ERROR.rawValue)
-            // A process with no safe point now (idle, blocked in a lock wait) usually gets one
-            // as soon as work arrives: keep trying, every 5 s for 5 minutes, then every minute.
-            target.retryAt = !retryable ? .now + .seconds(3600)
-                : target.injectionAttempts < 60 ? .now + .seconds(5) : .now + .seconds(60)
+            // Retried on ProviderAcquisition's schedule (every 5 s for 5 minutes, then every minute).
+            target.acquisition.finish(.failed(retryable: retryable), now: .now)
             logger.warning("cannot inject the provider", metadata: ["pid": "\(pid)", "error": "\(message)"])
             return false
         }
@@ -382,11 +380,11 @@ public actor Agent {
     /// A provider whose library is mapped but that never answers (an earlier injected
     /// provider retires its thread on `off`) is started again by injecting the bootstrap.
     private func reviveSilentProvider(_ pid: Int32) async {
-        guard !busy.contains(pid), var target = targets[pid], target.state == .attached, !target.revived,
+        guard !busy.contains(pid), var target = targets[pid], target.state == .attached, !target.acquisition.revived,
               let attachedAt = target.attachedAt, ContinuousClock.now - attachedAt > .milliseconds(800)
         else { return }
         if (await aggregator.acknowledgedGenerations()[pid] ?? 0) > 0 { return }
-        target.revived = true
+        _ = target.acquisition.reviveOnce()
         targets[pid] = target
         guard let facts = ProcessTable.facts(pid) else { return }
         busy.insert(pid)
@@ -534,10 +532,11 @@ struct Target: Sendable {
     /// How the provider got there: "exec" (or a plugin) or "injected" by this agent.
     var origin: String?
     var python: String?
-    var injecting = false
-    var injectionAttempts = 0
-    var retryAt: ContinuousClock.Instant?
-    var revived = false
+    /// Injection, retry schedule and revival of the provider.
+    var acquisition = ProviderAcquisition()
+    /// Read by `on` while it waits for injections to settle.
+    var injecting: Bool { acquisition.injecting }
+    var retryAt: ContinuousClock.Instant? { acquisition.retryAt }
 
     init(pid: Int32, startTime: UInt64, title: String, role: ProcessRole, dp: Int) {
         self.pid = pid

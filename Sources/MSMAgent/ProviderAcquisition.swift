@@ -1,0 +1,74 @@
+import Foundation
+
+/// Getting the provider into one target that does not carry it: wait while the process is
+/// still starting, inject, and after a failure retry on a schedule; a provider that is mapped
+/// but never answers is revived once. Pure: the agent runs the injections and passes `now`.
+///
+/// Retry schedule after a retryable failure (no safe point in time, another tracer, a ptrace
+/// error): every 5 s for the first 60 attempts (5 minutes), then every minute. A process
+/// with no safe point now (idle, blocked in a lock wait) usually gets one as soon as work
+/// arrives. Any other failure is retried after an hour.
+struct ProviderAcquisition: Sendable, Equatable {
+    /// A process younger than this has no interpreter ready yet: injection waits.
+    static let startupSeconds = 1.0
+    /// How soon a process still starting is looked at again.
+    static let startupRecheck: Duration = .milliseconds(250)
+    static let quickRetry: Duration = .seconds(5)
+    static let quickRetryAttempts = 60
+    static let slowRetry: Duration = .seconds(60)
+    static let nonRetryable: Duration = .seconds(3600)
+
+    enum Outcome: Sendable, Equatable {
+        case injected
+        /// Not CPython, or gone: the process is no target (the agent forgets it).
+        case notATarget
+        case failed(retryable: Bool)
+    }
+
+    /// An injection is running; the scan leaves the target alone.
+    private(set) var injecting = false
+    /// Injections finished (each outcome counts).
+    private(set) var attempts = 0
+    /// Not before this instant (nil: whenever). Kept after a success: the schedule of the
+    /// failure or startup wait before it still applies.
+    private(set) var retryAt: ContinuousClock.Instant?
+    /// The one revival of a silent provider was made.
+    private(set) var revived = false
+
+    static func isStarting(ageSeconds: Double) -> Bool { ageSeconds < startupSeconds }
+
+    /// True when an attach (and, if needed, an injection) may be tried now.
+    func isDue(now: ContinuousClock.Instant) -> Bool {
+        !injecting && retryAt.map { now >= $0 } ?? true
+    }
+
+    /// The process is too young to inject: look again shortly.
+    mutating func awaitStartup(now: ContinuousClock.Instant) {
+        retryAt = now + Self.startupRecheck
+    }
+
+    mutating func begin() {
+        injecting = true
+    }
+
+    mutating func finish(_ outcome: Outcome, now: ContinuousClock.Instant) {
+        injecting = false
+        attempts += 1
+        if case let .failed(retryable) = outcome {
+            retryAt = now + Self.retryDelay(attempts: attempts, retryable: retryable)
+        }
+    }
+
+    /// Delay before the next try after `attempts` finished injections, the last one failed.
+    static func retryDelay(attempts: Int, retryable: Bool) -> Duration {
+        guard retryable else { return nonRetryable }
+        return attempts < quickRetryAttempts ? quickRetry : slowRetry
+    }
+
+    /// True the first time only: a silent provider is revived once.
+    mutating func reviveOnce() -> Bool {
+        guard !revived else { return false }
+        revived = true
+        return true
+    }
+}
