@@ -38,9 +38,13 @@ public enum AgentDaemon {
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: http), .init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        await agent.onStop { Task { await group.triggerGracefulShutdown() } }
-
         let control = try ControlSocketServer(path: runtime.socket) { request in await agent.handle(request) }
+        // After `off` has released every target: no new control connections (a second `off`
+        // must hear "not running", not be accepted by a daemon on its way out).
+        await agent.onStop {
+            control.close()
+            Task { await group.triggerGracefulShutdown() }
+        }
         try "\(getpid())\n".write(toFile: runtime.pidFile, atomically: true, encoding: .utf8)
         logger.info("agent running", metadata: ["pid": "\(getpid())", "listen": "\(address)", "config": "\(settings.configSource)"])
         defer {

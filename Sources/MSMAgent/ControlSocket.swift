@@ -34,10 +34,20 @@ public final class ControlSocketServer: @unchecked Sendable {
         thread.start()
     }
 
+    private let closeLock = NSLock()
+    private var closed = false
+
+    /// Stops accepting (the path goes first, so a client arriving now is told that no agent
+    /// runs instead of being accepted by one that is shutting down). Connections already
+    /// accepted still get their answers. Idempotent.
     public func close() {
-        unlink(path)
-        shutdown(fd, Int32(SHUT_RDWR))
-        Glibc.close(fd)
+        closeLock.withLock {
+            guard !closed else { return }
+            closed = true
+            unlink(path)
+            shutdown(fd, Int32(SHUT_RDWR))
+            Glibc.close(fd)
+        }
     }
 
     private func acceptLoop() {
