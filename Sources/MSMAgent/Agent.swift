@@ -235,6 +235,9 @@ public actor Agent {
                         toAttach.append(attachFacts(pid: pid, parent: parent, startTime: startTime))
                     }
                 case .attached:
+                    if known.role.role == "main" || known.role.inheritsRank {
+                        await reclassify(pid, parent: parent)
+                    }
                     toRevive.append(pid)
                 case .exited:
                     break
@@ -258,6 +261,33 @@ public actor Agent {
         }
     }
 
+    /// Role and rank from a title; a worker takes its engine core's rank.
+    private func roleOf(title: String, parent: Int32) -> ProcessRole {
+        let role = ProcessRole.classify(title: title)
+        if role.inheritsRank, let parent = targets[parent], parent.role.role == "engine_core" {
+            return ProcessRole(role: role.role, dp: parent.dp, inheritsRank: true)
+        }
+        return role
+    }
+
+    /// A process attached before it set its title (a spawned engine core or worker is
+    /// `python -c "from multiprocessing.spawn import ..."` for its first moments; under
+    /// `exec` the agent attaches that early) gets its role and rank once the title tells
+    /// them, and so does a worker whose engine core was classified after it. Its series
+    /// move to the new rank (gauge values included, see Aggregator.setProcessInfo).
+    private func reclassify(_ pid: Int32, parent: Int32) async {
+        guard var target = targets[pid], target.state == .attached || target.state == .noProvider else { return }
+        let title = processes.title(of: pid)
+        let role = roleOf(title: title, parent: parent)
+        guard role != target.role || role.dp != target.dp else { return }
+        target.role = role
+        target.dp = role.dp
+        target.title = title
+        targets[pid] = target
+        logger.info("role", metadata: ["pid": "\(pid)", "role": "\(role.role)", "dp": "\(role.dp)"])
+        await aggregator.setProcessInfo(pid: pid, dp: role.dp, role: role.role)
+    }
+
     /// The role comes from the title at attach time: read it fresh (the scan's copy may be
     /// from before a retitle that left comm alone).
     private func attachFacts(pid: Int32, parent: Int32, startTime: UInt64) -> ProcessFacts {
@@ -267,12 +297,8 @@ public actor Agent {
     private func attach(_ facts: ProcessFacts) async {
         guard busy.insert(facts.pid).inserted else { return }
         defer { busy.remove(facts.pid) }
-        var role = ProcessRole.classify(title: facts.title)
-        var dp = role.dp
-        if role.inheritsRank, let parent = targets[facts.parent], parent.role.role == "engine_core" {
-            dp = parent.dp
-            role = ProcessRole(role: role.role, dp: dp, inheritsRank: true)
-        }
+        let role = roleOf(title: facts.title, parent: facts.parent)
+        let dp = role.dp
         var target = targets[facts.pid].flatMap { $0.startTime == facts.startTime ? $0 : nil }
             ?? Target(pid: facts.pid, startTime: facts.startTime, title: facts.title, role: role, dp: dp)
         target.role = role
@@ -520,7 +546,7 @@ struct Target: Sendable {
 
     let pid: Int32
     let startTime: UInt64
-    let title: String
+    var title: String
     var role: ProcessRole
     var dp: Int
     var state: State = .noProvider
