@@ -596,11 +596,10 @@ class TestMemoryAtStartup:
         assert mem["engine:memory:weights_gb"] * gib == _llama_parameter_bytes(config)
         _status_check(dep)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "agent: a spawned engine core / worker attached before it set its process title "
-        "(still 'python -c from multiprocessing.spawn ...') is classified role=main dp=-1 "
-        "and never re-classified"))
     def test_memory_gauges_carry_the_worker_dp_rank(self, startup):
+        """The worker was attached before it set its title (`python -c from
+        multiprocessing.spawn ...`); the agent re-classifies it and its series move to
+        its rank."""
         a = startup.agent.scrape()
         dps = {l.get("dp") for n, l, _ in a if n.startswith(P + "engine:memory:")}
         assert dps == {"0"}, dps
