@@ -297,6 +297,9 @@ public actor Agent {
     private func attach(_ facts: ProcessFacts) async {
         guard busy.insert(facts.pid).inserted else { return }
         defer { busy.remove(facts.pid) }
+        // `on` and the service loop scan concurrently: the other scan may have attached it
+        // while this one waited.
+        if let known = targets[facts.pid], known.startTime == facts.startTime, known.state == .attached { return }
         let role = roleOf(title: facts.title, parent: facts.parent)
         let dp = role.dp
         var target = targets[facts.pid].flatMap { $0.startTime == facts.startTime ? $0 : nil }
@@ -406,15 +409,18 @@ public actor Agent {
     /// A provider whose library is mapped but that never answers (an earlier injected
     /// provider retires its thread on `off`) is started again by injecting the bootstrap.
     private func reviveSilentProvider(_ pid: Int32) async {
-        guard !busy.contains(pid), var target = targets[pid], target.state == .attached, !target.acquisition.revived,
-              let attachedAt = target.attachedAt, ContinuousClock.now - attachedAt > .milliseconds(800)
+        guard !busy.contains(pid), let known = targets[pid], known.state == .attached, !known.acquisition.revived,
+              let attachedAt = known.attachedAt, ContinuousClock.now - attachedAt > .milliseconds(800)
         else { return }
+        // Claimed before the first suspension: `on` and the service loop scan concurrently,
+        // and both must not inject into the same process (the second saw the first's ptrace).
+        busy.insert(pid)
+        defer { busy.remove(pid) }
         if (await aggregator.acknowledgedGenerations()[pid] ?? 0) > 0 { return }
+        guard var target = targets[pid], target.state == .attached else { return }
         _ = target.acquisition.reviveOnce()
         targets[pid] = target
         guard let facts = ProcessTable.facts(pid) else { return }
-        busy.insert(pid)
-        defer { busy.remove(pid) }
         _ = await injectProvider(into: facts, target: &target)
         if target.state == .error { target.state = .attached }  // still attached; detail tells why
         targets[pid] = target
