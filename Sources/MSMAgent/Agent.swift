@@ -108,7 +108,10 @@ public actor Agent {
         let settleBy = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         while ContinuousClock.now < settleBy, targets.values.contains(where: { target in
             (wanted == nil || wanted!.contains(target.pid) || isDescendant(target.pid, of: wanted!))
-                && (target.injecting || busy.contains(target.pid) || (target.state == .noProvider && target.retryAt != nil))
+                && (target.injecting || busy.contains(target.pid) || (target.state == .noProvider && target.retryAt != nil)
+                    // a pid named on the command line that missed a safe point gets its quick retry
+                    || (target.state == .error && wanted?.contains(target.pid) == true
+                        && target.acquisition.attempts < 3 && (target.retryAt.map { $0 < settleBy } ?? false)))
         }) {
             try? await Task.sleep(for: .milliseconds(50))
             await scan()
@@ -399,7 +402,7 @@ public actor Agent {
             target.detail = message
             let retryable = code == Int32(MSM_INJECT_TIMEOUT.rawValue) || code == Int32(MSM_INJECT_ALREADY_TRACED.rawValue)
                 || code == Int32(MSM_INJECT_PTRACE_ERROR.rawValue)
-            // Retried on ProviderAcquisition's schedule (every 5 s for 5 minutes, then every minute).
+            // Retried on ProviderAcquisition's schedule (after 1 s, then every 5 s for 5 minutes, then every minute).
             target.acquisition.finish(.failed(retryable: retryable), now: .now)
             logger.warning("cannot inject the provider", metadata: ["pid": "\(pid)", "error": "\(message)"])
             return false

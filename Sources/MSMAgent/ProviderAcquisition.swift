@@ -5,7 +5,9 @@ import Foundation
 /// but never answers is revived once. Pure: the agent runs the injections and passes `now`.
 ///
 /// Retry schedule after a retryable failure (no safe point in time, another tracer, a ptrace
-/// error): every 5 s for the first 60 attempts (5 minutes), then every minute. A process
+/// error): 1 s after the first (a busy server that missed one 3 s window usually has a safe
+/// point moments later, and `on` waits that long for a pid it was given), then every 5 s up
+/// to the 60th attempt (about 5 minutes), then every minute. A process
 /// with no safe point now (idle, blocked in a lock wait) usually gets one as soon as work
 /// arrives. Any other failure is retried after an hour.
 struct ProviderAcquisition: Sendable, Equatable {
@@ -13,6 +15,7 @@ struct ProviderAcquisition: Sendable, Equatable {
     static let startupSeconds = 1.0
     /// How soon a process still starting is looked at again.
     static let startupRecheck: Duration = .milliseconds(250)
+    static let firstRetry: Duration = .seconds(1)
     static let quickRetry: Duration = .seconds(5)
     static let quickRetryAttempts = 60
     static let slowRetry: Duration = .seconds(60)
@@ -62,6 +65,7 @@ struct ProviderAcquisition: Sendable, Equatable {
     /// Delay before the next try after `attempts` finished injections, the last one failed.
     static func retryDelay(attempts: Int, retryable: Bool) -> Duration {
         guard retryable else { return nonRetryable }
+        if attempts <= 1 { return firstRetry }
         return attempts < quickRetryAttempts ? quickRetry : slowRetry
     }
 

@@ -41,20 +41,21 @@ final class ProviderAcquisitionTests: XCTestCase {
         XCTAssertEqual(acquisition.retryAt, start + .milliseconds(250))
     }
 
-    func testRetryableFailuresEvery5sFor60AttemptsThenEveryMinute() {
+    func testRetryableFailuresAfter1sThenEvery5sUpTo60AttemptsThenEveryMinute() {
         var acquisition = ProviderAcquisition()
         var now = start
         for attempt in 1...61 {
             acquisition.begin()
             acquisition.finish(.failed(retryable: true), now: now)
-            let expected: Duration = attempt < 60 ? .seconds(5) : .seconds(60)
+            let expected: Duration = attempt == 1 ? .seconds(1) : attempt < 60 ? .seconds(5) : .seconds(60)
             XCTAssertEqual(acquisition.retryAt, now + expected, "attempt \(attempt)")
             XCTAssertFalse(acquisition.isDue(now: now + expected - .milliseconds(1)))
             XCTAssertTrue(acquisition.isDue(now: now + expected))
             now = now + expected
         }
         XCTAssertEqual(acquisition.attempts, 61)
-        // 59 retries 5 s apart: the quick schedule covers the first five minutes.
+        // then 58 retries 5 s apart: the quick schedule covers about the first five minutes.
+        XCTAssertEqual(ProviderAcquisition.retryDelay(attempts: 1, retryable: true), .seconds(1))
         XCTAssertEqual(ProviderAcquisition.retryDelay(attempts: 59, retryable: true), .seconds(5))
         XCTAssertEqual(ProviderAcquisition.retryDelay(attempts: 60, retryable: true), .seconds(60))
     }
