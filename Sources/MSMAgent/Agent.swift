@@ -360,6 +360,9 @@ public actor Agent {
             return false
         }
         let pid = facts.pid
+        // 3 s for a first try, longer for retries: a busy server (CPUs saturated) may need
+        // more than one window to bring a thread to the safe point.
+        let timeout = ProviderAcquisition.injectionTimeout(attempts: target.acquisition.attempts)
         target.acquisition.begin()
         targets[pid] = target
         let runtime = settings.runtime
@@ -370,7 +373,7 @@ public actor Agent {
             do {
                 let directory = try runtime.installProvider()
                 return .injected(try Injector.injectProvider(pid: pid, providerDirectory: directory,
-                                                             controlFile: runtime.controlFile, timeout: .seconds(3)))
+                                                             controlFile: runtime.controlFile, timeout: timeout))
             } catch let error as InjectionError {
                 return .failed(code: error.report.code, message: error.description)
             } catch {

@@ -40,6 +40,9 @@ struct ProviderAcquisition: Sendable, Equatable {
 
     static func isStarting(ageSeconds: Double) -> Bool { ageSeconds < startupSeconds }
 
+    /// How long one injection waits for a safe point: 3 s at first, 6 s from the second try.
+    static func injectionTimeout(attempts: Int) -> Duration { attempts == 0 ? .seconds(3) : .seconds(6) }
+
     /// True when an attach (and, if needed, an injection) may be tried now.
     func isDue(now: ContinuousClock.Instant) -> Bool {
         !injecting && retryAt.map { now >= $0 } ?? true

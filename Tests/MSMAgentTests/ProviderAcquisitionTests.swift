@@ -60,6 +60,12 @@ final class ProviderAcquisitionTests: XCTestCase {
         XCTAssertEqual(ProviderAcquisition.retryDelay(attempts: 60, retryable: true), .seconds(60))
     }
 
+    func testInjectionTimeoutGrowsAfterTheFirstTry() {
+        XCTAssertEqual(ProviderAcquisition.injectionTimeout(attempts: 0), .seconds(3))
+        XCTAssertEqual(ProviderAcquisition.injectionTimeout(attempts: 1), .seconds(6))
+        XCTAssertEqual(ProviderAcquisition.injectionTimeout(attempts: 30), .seconds(6))
+    }
+
     func testNonRetryableFailureWaitsAnHour() {
         var acquisition = ProviderAcquisition()
         acquisition.begin()
