@@ -36,8 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ptrace.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -1137,15 +1135,7 @@ int msm_inject_python(pid_t pid, const char *python_source, int timeout_ms,
     if (!python_source || pid <= 0 || timeout_ms <= 0)
         return fail(result, MSM_INJECT_BAD_ARGUMENT, "bad argument (pid %d, timeout %d ms)", pid, timeout_ms);
 #if defined(__x86_64__)
-    // The tracer runs ahead of the target's threads while it holds them: a target that
-    // saturates the CPUs (a vLLM engine under load) must not starve the thread that has to
-    // answer its breakpoint stop. This thread only (PRIO_PROCESS with a tid), restored after.
-    pid_t self = (pid_t)syscall(SYS_gettid);
-    errno = 0;
-    int nice_before = getpriority(PRIO_PROCESS, (id_t)self);
-    int boosted = errno == 0 && setpriority(PRIO_PROCESS, (id_t)self, -10) == 0;
     int rc = inject(pid, python_source, timeout_ms, result, t0);
-    if (boosted) setpriority(PRIO_PROCESS, (id_t)self, nice_before);
     result->total_ms = now_ms() - t0;
     return rc;
 #else
