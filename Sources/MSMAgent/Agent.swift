@@ -416,6 +416,7 @@ public actor Agent {
     /// provider retires its thread on `off`) is started again by injecting the bootstrap.
     private func reviveSilentProvider(_ pid: Int32) async {
         guard !busy.contains(pid), let known = targets[pid], known.state == .attached, !known.acquisition.revived,
+              known.acquisition.isDue(now: .now),
               let attachedAt = known.attachedAt, ContinuousClock.now - attachedAt > .milliseconds(800)
         else { return }
         // Claimed before the first suspension: `on` and the service loop scan concurrently,
@@ -428,7 +429,10 @@ public actor Agent {
         targets[pid] = target
         guard let facts = ProcessTable.facts(pid) else { return }
         _ = await injectProvider(into: facts, target: &target)
-        if target.state == .error { target.state = .attached }  // still attached; detail tells why
+        if target.state == .error {
+            target.state = .attached  // still attached; detail tells why
+            target.acquisition.reviveFailed()  // try again when the retry schedule allows
+        }
         targets[pid] = target
     }
 

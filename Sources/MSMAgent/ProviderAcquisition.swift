@@ -72,10 +72,17 @@ struct ProviderAcquisition: Sendable, Equatable {
         return attempts < quickRetryAttempts ? quickRetry : slowRetry
     }
 
-    /// True the first time only: a silent provider is revived once.
+    /// True the first time only: a silent provider is revived once (again only after a
+    /// revival whose injection failed, see `reviveFailed`).
     mutating func reviveOnce() -> Bool {
         guard !revived else { return false }
         revived = true
         return true
+    }
+
+    /// The revival's injection failed (no safe point in time under load): the provider is
+    /// still silent, so another revival is allowed once the retry schedule says so.
+    mutating func reviveFailed() {
+        revived = false
     }
 }

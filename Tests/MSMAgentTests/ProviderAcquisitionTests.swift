@@ -66,6 +66,18 @@ final class ProviderAcquisitionTests: XCTestCase {
         XCTAssertEqual(ProviderAcquisition.injectionTimeout(attempts: 30), .seconds(6))
     }
 
+    func testAFailedRevivalAllowsAnotherAfterTheRetryDelay() {
+        var acquisition = ProviderAcquisition()
+        XCTAssertTrue(acquisition.reviveOnce())
+        XCTAssertFalse(acquisition.reviveOnce(), "once per success")
+        acquisition.begin()
+        acquisition.finish(.failed(retryable: true), now: start)
+        acquisition.reviveFailed()
+        XCTAssertFalse(acquisition.isDue(now: start + .milliseconds(999)))
+        XCTAssertTrue(acquisition.isDue(now: start + .seconds(1)))
+        XCTAssertTrue(acquisition.reviveOnce())
+    }
+
     func testNonRetryableFailureWaitsAnHour() {
         var acquisition = ProviderAcquisition()
         acquisition.begin()
