@@ -23,6 +23,7 @@
 //      signal that arrived meanwhile.
 #define _GNU_SOURCE
 #include "CInjector.h"
+#include "inject_common.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -53,21 +54,6 @@
 #ifndef __WALL
 #define __WALL 0x40000000
 #endif
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int fail(struct msm_inject_result *r, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->message, sizeof r->message, fmt, ap);
-    va_end(ap);
-    r->error = code;
-    return code;
-}
 
 static int read_text(const char *path, char *buf, size_t size) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

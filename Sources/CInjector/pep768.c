@@ -18,6 +18,7 @@
 // owner (GIL drop request) or delays a signal handler until the next check.
 #define _GNU_SOURCE
 #include "CInjector.h"
+#include "inject_common.h"
 #include "runtime_section.h"
 
 #include <errno.h>
@@ -213,21 +214,6 @@ static int vm_write(pid_t pid, uint64_t addr, const void *buf, size_t len) {
     struct iovec local = { (void *)buf, len }, remote = { (void *)(uintptr_t)addr, len };
     ssize_t k = process_vm_writev(pid, &local, 1, &remote, 1, 0);
     return k == (ssize_t)len ? 0 : -1;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int fail(struct msm_inject_result *r, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->message, sizeof r->message, fmt, ap);
-    va_end(ap);
-    r->error = code;
-    return code;
 }
 
 static int request(pid_t pid, const char *script_path, int timeout_ms, struct msm_inject_result *r, double t0) {
