@@ -11,23 +11,15 @@ the target (3 s) beside them.
 """
 
 import argparse
-import json
 import statistics
 import subprocess
 import threading
 import time
 import urllib.request
 
+from vllm_client import completion, served_model
+
 TARGET_S = 3.0
-
-
-def completion(base, model):
-    body = json.dumps({"model": model, "prompt": "attach benchmark", "max_tokens": 8,
-                       "temperature": 0}).encode()
-    req = urllib.request.Request(base + "/v1/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        r.read()
 
 
 def has_sample(text, metric):
@@ -52,15 +44,14 @@ def main():
     ap.add_argument("--listen", default="127.0.0.1:9478")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    with urllib.request.urlopen(a.base + "/v1/models", timeout=10) as r:
-        model = json.load(r)["data"][0]["id"]
+    model = served_model(a.base)
 
     stop = threading.Event()
 
     def traffic():
         while not stop.is_set():
             try:
-                completion(a.base, model)
+                completion(a.base, model, "attach benchmark", 8, ignore_eos=False)
             except OSError:
                 time.sleep(0.1)
 

@@ -11,141 +11,40 @@ Skips when the vLLM venv / model (scripts/vllm-setup.sh) or the agent binary are
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from vllm_harness import (REPO, format_process_tree, free_port, http_json, start_vllm_server,
-                          vllm_missing_reason)
+from msm_agent import Agent
+from vllm_harness import format_process_tree, start_vllm_server, vllm_missing_reason
+from workload import chat, completion, parse_prometheus, total, wait_until
 
-MAX_TOKENS = 8
+MAX_TOKENS = 8   # workload.completion / chat default
 STEP = "vllm_profiling_engine_core:engine_core_step:duration"
 GENERATE = "vllm_profiling_engine:generate:duration"
 CHAT = "vllm_profiling_server:create_chat_completion:duration"
 EXECUTE = "vllm_profiling_executor:execute_model:duration"
 
 
-def msm_bin():
-    raw = Path(os.environ.get("MSM_BIN", ".build/debug/ms-service-metric"))
-    if raw.is_absolute():
-        return raw
-    return (Path.cwd() / raw) if (Path.cwd() / raw).exists() else REPO / raw
-
-
-# --------------------------------------------------------------------------
-# a minimal agent client and Prometheus parser (the integration conftest is not
-# importable from here)
-# --------------------------------------------------------------------------
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_scrape(text):
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m:
-            samples.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
-    return samples
-
-
-def value(samples, name, **labels):
-    """Sum of the samples of name whose labels include `labels` (None when there are none)."""
-    found = [v for n, l, v in samples if n == name and all(l.get(k) == str(x) for k, x in labels.items())]
-    return sum(found) if found else None
-
-
-class Agent:
-    def __init__(self, binary, runtime_dir, port):
-        self.binary = str(binary)
-        self.runtime_dir = runtime_dir
-        self.listen = "127.0.0.1:%d" % port
-        self.history = []
-
-    def env(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MS_SERVICE_METRIC")}
-        env["MS_SERVICE_METRIC_RUNTIME_DIR"] = self.runtime_dir
-        return env
-
-    def run(self, *args, timeout=120):
-        cmd = [self.binary] + [str(a) for a in args]
-        t0 = time.monotonic()
-        proc = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        self.history.append("$ %s -> rc=%d (%.2fs)\n%s%s" % (" ".join(cmd), proc.returncode,
-                                                             time.monotonic() - t0, proc.stdout, proc.stderr))
-        return proc
-
-    def status(self):
-        proc = self.run("status", "--json")
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
-
-    def status_targets(self):
-        return {t["pid"]: t for t in self.status()["targets"]}
-
-    def scrape_text(self):
-        with urllib.request.urlopen("http://%s/metrics" % self.listen, timeout=10) as resp:
-            return resp.read().decode()
-
-    def scrape(self):
-        return parse_scrape(self.scrape_text())
-
-    def daemon_pid(self):
-        try:
-            return int(Path(self.runtime_dir, "agent.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def log(self):
-        try:
-            return Path(self.runtime_dir, "agent.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
-
 @pytest.fixture
 def agent(request):
-    binary = msm_bin()
-    if not binary.is_file():
-        pytest.skip("agent binary not found at %s (build it or set MSM_BIN)" % binary)
+    a = Agent()
+    if not Path(a.binary).is_file():
+        pytest.skip("agent binary not found at %s (build it or set MSM_BIN)" % a.binary)
     if os.geteuid() != 0:
         pytest.skip("needs root (ptrace, BPF)")
-    runtime = tempfile.mkdtemp(prefix="msm-rt-e2e-", dir="/tmp")
-    os.chmod(runtime, 0o755)
-    a = Agent(binary, runtime, free_port())
     failed_before = request.session.testsfailed
     yield a
-    pid = a.daemon_pid()
-    try:
-        a.run("off", timeout=60)
-    except subprocess.TimeoutExpired:
-        a.history.append("off timed out")
-    if pid:
-        deadline = time.monotonic() + 5
-        while os.path.exists("/proc/%d" % pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        try:
-            if a.binary.encode() in Path("/proc/%d/cmdline" % pid).read_bytes() or \
-                    os.path.basename(a.binary).encode() in Path("/proc/%d/cmdline" % pid).read_bytes():
-                os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    a.off()
     if request.session.testsfailed > failed_before:  # this test's call failed
         print("\n==== agent commands ====\n" + "\n".join(a.history))
         print("==== agent.log (tail) ====\n" + a.log()[-8000:])
-    shutil.rmtree(runtime, ignore_errors=True)
+    a.cleanup()
 
 
 @pytest.fixture
@@ -163,38 +62,6 @@ def plain_vllm():
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def completion(server, i):
-    status, body, _ = http_json(server.base_url + "/v1/completions", {
-        "model": server.model, "prompt": "hello number %d, tell me a story" % i,
-        "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}, timeout=120)
-    assert status == 200, body
-    assert body["usage"]["completion_tokens"] == MAX_TOKENS, body
-    return body
-
-
-def chat(server, i):
-    status, body, _ = http_json(server.base_url + "/v1/chat/completions", {
-        "model": server.model, "messages": [{"role": "user", "content": "question %d?" % i}],
-        "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}, timeout=120)
-    assert status == 200, body
-    assert body["usage"]["completion_tokens"] == MAX_TOKENS, body
-    return body
-
-
-def wait_until(cond, timeout, what, interval=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except Exception as e:  # noqa: BLE001
-            last = e
-        time.sleep(interval)
-    raise AssertionError("timed out after %.0f s waiting for %s; last: %r" % (timeout, what, last))
 
 
 def test_on_pid_plain_vllm_serve(agent, plain_vllm):
@@ -243,7 +110,7 @@ def test_on_pid_plain_vllm_serve(agent, plain_vllm):
     try:
         while time.monotonic() - t0 < 90:
             try:
-                step = value(agent.scrape(), STEP + "_count", dp="0")
+                step = total(agent.scrape(), STEP + "_count", dp="0")
                 timeline.setdefault("first /metrics answer", time.monotonic() - t0)
             except Exception:  # noqa: BLE001 - not listening yet
                 step = None
@@ -301,33 +168,33 @@ def test_on_pid_plain_vllm_serve(agent, plain_vllm):
 
     # exact front-end counts for requests sent now (background ones have finished)
     def settled():
-        a = value(agent.scrape(), GENERATE + "_count", dp="-1")
+        a = total(agent.scrape(), GENERATE + "_count", dp="-1")
         time.sleep(1.0)
-        b = value(agent.scrape(), GENERATE + "_count", dp="-1")
+        b = total(agent.scrape(), GENERATE + "_count", dp="-1")
         return (a, b) if a == b else None
     wait_until(settled, 20, "generate count settled")
     before = agent.scrape()
-    g0 = value(before, GENERATE + "_count", dp="-1") or 0
-    c0 = value(before, CHAT + "_count", dp="-1") or 0
-    s0 = value(before, STEP + "_count", dp="0") or 0
+    g0 = total(before, GENERATE + "_count", dp="-1") or 0
+    c0 = total(before, CHAT + "_count", dp="-1") or 0
+    s0 = total(before, STEP + "_count", dp="0") or 0
     for i in range(3):
         completion(server, i)
     for i in range(2):
         chat(server, i)
-    wait_until(lambda: value(agent.scrape(), GENERATE + "_count", dp="-1") == g0 + 5, 20,
+    wait_until(lambda: total(agent.scrape(), GENERATE + "_count", dp="-1") == g0 + 5, 20,
                "engine:generate count +5")
-    wait_until(lambda: value(agent.scrape(), CHAT + "_count", dp="-1") == c0 + 2, 20,
+    wait_until(lambda: total(agent.scrape(), CHAT + "_count", dp="-1") == c0 + 2, 20,
                "create_chat_completion count +2")
     time.sleep(0.5)
     text = agent.scrape_text()
-    after = parse_scrape(text)
+    after = parse_prometheus(text)
     print("\n==== scrape (vllm_profiling_ series) ====\n" +
           "\n".join(l for l in text.splitlines() if l.startswith("vllm_profiling_") and "_bucket" not in l))
-    assert value(after, GENERATE + "_count", dp="-1") == g0 + 5
-    assert value(after, CHAT + "_count", dp="-1") == c0 + 2
+    assert total(after, GENERATE + "_count", dp="-1") == g0 + 5
+    assert total(after, CHAT + "_count", dp="-1") == c0 + 2
     # 5 requests of 8 tokens: at least 8 more engine-core steps
-    assert value(after, STEP + "_count", dp="0") >= s0 + MAX_TOKENS, (s0, value(after, STEP + "_count", dp="0"))
-    assert value(after, EXECUTE + "_count", dp="0"), "executor:execute_model not counted in dp 0"
+    assert total(after, STEP + "_count", dp="0") >= s0 + MAX_TOKENS, (s0, total(after, STEP + "_count", dp="0"))
+    assert total(after, EXECUTE + "_count", dp="0"), "executor:execute_model not counted in dp 0"
 
     print("agent.log, injection and attach lines:\n" + "\n".join(
         l for l in agent.log().splitlines() if "inject" in l or "attached" in l or "warning" in l))
@@ -385,7 +252,7 @@ def test_on_pid_idle_plain_vllm_serve(agent, plain_vllm):
                 break
         else:
             recovery = "still not attached after 30 s of requests: %s" % {
-                p: (t.get("state"), t.get("detail")) for p, t in agent.status_targets().items() if p in not_attached}
+                p: (t.get("state"), t.get("detail")) for p, t in {t["pid"]: t for t in agent.status()["targets"]}.items() if p in not_attached}
         print("idle server: " + recovery)
     assert not not_attached, "not attached after `on --pid` on an idle vLLM: %s; %s" % (not_attached, recovery)
     assert proc.returncode == 0, proc.stderr
@@ -393,8 +260,8 @@ def test_on_pid_idle_plain_vllm_serve(agent, plain_vllm):
     t1 = time.monotonic()
     for i in range(2):
         completion(server, i)
-    wait_until(lambda: value(agent.scrape(), GENERATE + "_count", dp="-1") == 2, 20, "engine:generate count 2")
-    wait_until(lambda: (value(agent.scrape(), STEP + "_count", dp="0") or 0) >= MAX_TOKENS, 20,
+    wait_until(lambda: total(agent.scrape(), GENERATE + "_count", dp="-1") == 2, 20, "engine:generate count 2")
+    wait_until(lambda: (total(agent.scrape(), STEP + "_count", dp="0") or 0) >= MAX_TOKENS, 20,
                "engine_core_step counted")
     print("first requests after `on` measured within %.2f s" % (time.monotonic() - t1))
     assert agent.run("off", timeout=120).returncode == 0
