@@ -12,10 +12,19 @@ public struct ProcessRole: Sendable, Equatable {
     public let inheritsRank: Bool
 
     struct Rule {
-        let pattern: String
+        /// Compiled once: classify runs on every scan of attached targets.
+        let regex: NSRegularExpression
         let role: String
         let dp: Int?  // nil: from the first capture group
         let inheritsRank: Bool
+
+        init(pattern: String, role: String, dp: Int?, inheritsRank: Bool) {
+            // The patterns are literals below; the unit tests compile every one.
+            regex = try! NSRegularExpression(pattern: pattern)
+            self.role = role
+            self.dp = dp
+            self.inheritsRank = inheritsRank
+        }
     }
 
     static let rules: [Rule] = [
@@ -40,8 +49,7 @@ public struct ProcessRole: Sendable, Equatable {
 
     public static func classify(title: String) -> ProcessRole {
         for rule in rules {
-            guard let regex = try? NSRegularExpression(pattern: rule.pattern),
-                  let match = regex.firstMatch(in: title, range: NSRange(title.startIndex..., in: title)) else { continue }
+            guard let match = rule.regex.firstMatch(in: title, range: NSRange(title.startIndex..., in: title)) else { continue }
             var dp = rule.dp ?? -1
             if rule.dp == nil, match.numberOfRanges > 1, let range = Range(match.range(at: 1), in: title) {
                 dp = Int(title[range]) ?? -1
