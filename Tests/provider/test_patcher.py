@@ -21,8 +21,8 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def finish(self, t, status, value, args):
-        self.calls.append((status, value, args))
+    def finish(self, t, status, ret, exc, args):
+        self.calls.append((status, exc if status else ret, args))
 
 
 def timer_patch(patcher, native, func, pid=1, sid=2):

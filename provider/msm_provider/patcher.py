@@ -21,9 +21,15 @@ Wrapper kinds, by what the hook needs at exit:
 * ``timer``  — ``timer(probe, series, start_ns, status)`` (native call);
 * ``static`` — ``sample(probe, start_ns, status, values)`` with a constant
   flat values tuple (timers and plain counters without labels);
-* ``full``   — ``finish(start_ns, status, ret_or_exc, args_tuple)``, a Python
+* ``full``   — ``finish(start_ns, status, ret, exc, args_tuple)``, a Python
   hook that evaluates expressions (``args_tuple`` holds the parameters in
-  order, see :func:`parameter_names`).
+  order, see :func:`parameter_names`);
+* ``block``  — (entries with ``scope: block``) no clock and nothing recorded at
+  the call: the return value is replaced by ``wrap(ret, args_tuple)`` (a proxy
+  that times the ``with`` block, see :mod:`msm_provider.blocks`); a raising
+  call is not recorded. ``block0`` is the same with ``()`` for the arguments
+  (the entry's metrics read no parameter). Plain functions and coroutine
+  functions only.
 """
 
 import ast
@@ -31,7 +37,8 @@ import sys
 import types
 import warnings
 
-__all__ = ["parameter_names", "function_kind", "CodePatch", "AttributePatch", "PatchError"]
+__all__ = ["parameter_names", "function_kind", "CodePatch", "AttributePatch", "PatchError",
+           "strip_traceback", "BLOCK_MODES"]
 
 CO_VARARGS = 0x04
 CO_VARKEYWORDS = 0x08
@@ -42,6 +49,10 @@ CO_ITERABLE_COROUTINE = 0x100
 CO_ASYNC_GENERATOR = 0x200
 
 _STRIP_TB = sys.version_info >= (3, 11)
+
+# Hook modes that replace the return value by a proxy timing the with-block.
+BLOCK_MODES = ("block", "block0")
+BLOCK_KINDS = ("sync", "coroutine")
 
 
 class PatchError(Exception):
@@ -187,8 +198,12 @@ def _exit_calls(mode, tup):
         return ("K_SAMPLE(K_PID, _L_t, 0, K_VALS)", "K_SAMPLE(K_PID, _L_t, 1, K_VALS)",
                 "K_SAMPLE(K_PID, _L_t, 0, K_VALS)")
     if mode == "full":
-        return ("K_FINISH(_L_t, 0, _L_r, @TUP@)", "K_FINISH(_L_t, 1, _L_e, @TUP@)",
-                "K_FINISH(_L_t, 0, None, @TUP@)")
+        return ("K_FINISH(_L_t, 0, _L_r, None, @TUP@)", "K_FINISH(_L_t, 1, None, _L_e, @TUP@)",
+                "K_FINISH(_L_t, 0, None, None, @TUP@)")
+    if mode == "block":
+        return ("_L_r = K_WRAP(_L_r, @TUP@)", "pass", "pass")
+    if mode == "block0":
+        return ("_L_r = K_WRAP(_L_r, ())", "pass", "pass")
     raise PatchError("unknown hook mode %r" % (mode,))
 
 
@@ -208,7 +223,7 @@ class _Consts(ast.NodeTransformer):
         return node
 
 
-def _strip_traceback(exc):
+def strip_traceback(exc):
     """Drop the wrapper's own traceback entry (3.11+: the bare ``raise``
     re-raises with ``exc.__traceback__``), so tracebacks look as before."""
     try:
@@ -231,6 +246,11 @@ def build_wrapper_code(orig_code, kind, mode, consts):
     sig, call, tup = _signature_parts(orig_code)
     ok, err, closed = _exit_calls(mode, tup)
     body = _TEMPLATES[kind]
+    if mode in BLOCK_MODES:
+        if kind not in BLOCK_KINDS:
+            raise PatchError("scope block needs a function that returns a context manager "
+                             "(a plain function or a coroutine function), not a %s" % kind)
+        body = body.replace("_L_t = K_NOW()", "pass")  # the clock starts at __enter__
     body = (body.replace("EXIT_OK", ok).replace("EXIT_ERR", err).replace("EXIT_CLOSED", closed)
             .replace("STRIP", "K_STRIPTB(_L_e)" if _STRIP_TB else "pass"))
     freevars = orig_code.co_freevars
@@ -248,7 +268,7 @@ def build_wrapper_code(orig_code, kind, mode, consts):
 
     all_consts = {prefix + "K_" + k: v for k, v in consts.items()}
     for k, v in (("BASEEXC", BaseException), ("GENEXIT", GeneratorExit),
-                 ("STOPASYNC", StopAsyncIteration), ("STRIPTB", _strip_traceback)):
+                 ("STOPASYNC", StopAsyncIteration), ("STRIPTB", strip_traceback)):
         all_consts.setdefault(prefix + "K_" + k, v)
     tree = ast.parse(src)
     tree = _Consts(set(all_consts)).visit(tree)

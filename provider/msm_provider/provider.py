@@ -39,6 +39,7 @@ _JSON_HEADER = struct.pack("<HHI", KIND_JSON, 0, 0)
 LABEL_VALUE_MAX = 128
 SERIES_PER_METRIC_MAX = 1000
 EXPR_ERROR_INTERVAL = 1.0
+SCOPES = ("call", "block")
 METRIC_TYPES = {"timer": OP_OBSERVE_DURATION, "histogram": OP_OBSERVE,
                 "counter": OP_INC, "gauge": OP_SET}
 
@@ -212,10 +213,10 @@ class _FullHook:
         # shadowed by a parameter of the same name
         self.special = special
 
-    def finish(self, t, status, value, args):
+    def finish(self, t, status, ret, exc, args):
         try:
             dur = (self.now() - t) / 1e9 if self.need_duration else None
-            triple = (None, dur, value) if status else (value, dur, None)
+            triple = (ret, dur, exc)
             sp = self.special
             if sp is None:
                 full = args + triple
@@ -244,7 +245,7 @@ class _FullHook:
                 except Exception as e:
                     self.provider._expr_error(self.probe_id, m.name, e)
             if self.handler is not None:
-                self.handler.call(args, status, value, dur, vals)
+                self.handler.call(args, ret, exc, dur, vals)
             if first or vals:
                 self.sample(self.probe_id, t, status, tuple(first + vals))
         except Exception as e:
@@ -295,11 +296,10 @@ class _HandlerCall:
         self.shape = shape
         self.method = method
 
-    def call(self, values, status, value, duration, vals):
+    def call(self, values, ret, exc, duration, vals):
         args, kwargs = _handlers.split_arguments(values, self.shape)
         ctx = _handlers.Context(args, kwargs, args[0] if self.method and args else None,
-                                None if status else value, value if status else None,
-                                duration, self.recorder, vals)
+                                ret, exc, duration, self.recorder, vals)
         try:
             self.fn(ctx)
         except Exception as e:
@@ -324,6 +324,9 @@ class _Probe:
         self.pending = False
         self.metrics = []
         self.handler = spec.get("handler")  # "module:function" or None
+        # "call" (time the call) or "block" (time the with-block of the returned
+        # context manager); absent: "call"
+        self.scope = spec.get("scope") or "call"
 
 
 class _ImportHook:
@@ -421,6 +424,7 @@ class Provider:
         self._stop = threading.Event()
         self._patcher = None
         self._exprs = None
+        self._blocks = None
         self._executed_module = None
 
     # ------------------------------------------------------------ messages
@@ -654,9 +658,10 @@ class Provider:
 
     def _lazy_imports(self):
         if self._patcher is None:
-            from . import exprs, patcher
+            from . import blocks, exprs, patcher
             self._exprs = exprs
             self._patcher = patcher
+            self._blocks = blocks
         if not self._vllm_detected:
             self._vllm_detected = True
             self._vllm_version = _control.target_vllm_version()
@@ -714,6 +719,8 @@ class Provider:
             raise ValueError("metrics must be a list")
         if p.handler is not None:
             _handlers.split_path(p.handler)  # the format; the module is imported at install
+        if p.scope not in SCOPES:
+            raise ValueError("unknown scope %r (expected %s)" % (p.scope, ", ".join(SCOPES)))
         p.metrics = [_Metric(m, handler=p.handler is not None) for m in metrics]
         for m in p.metrics:
             for what, text in m.exprs():
@@ -851,6 +858,14 @@ class Provider:
                 recorder = _handlers.Recorder(self, p.id, p.handler, p.metrics)
                 handler = _HandlerCall(self, p.id, fn, recorder, shape, method)
         mode, consts = self._hook_for(p, params, handler)
+        if p.scope == "block":
+            if code_patch and patcher.function_kind(func.__code__) not in patcher.BLOCK_KINDS:
+                raise ValueError("scope block: %s is a %s function; it must return a context "
+                                 "manager (a plain or coroutine function)"
+                                 % (p.symbol, patcher.function_kind(func.__code__)))
+            scope = self._blocks.BlockScope(self, p.id, mode, consts)
+            mode = "block" if scope.needs_args else "block0"
+            consts = {"NOW": consts["NOW"], "WRAP": scope.wrap}
         if code_patch:
             patch = patcher.CodePatch(func, mode, consts)
             detail = ""
