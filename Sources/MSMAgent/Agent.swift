@@ -107,11 +107,9 @@ public actor Agent {
         // its interpreter is up): wait for them before judging which targets are live.
         let settleBy = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         while ContinuousClock.now < settleBy, targets.values.contains(where: { target in
-            (wanted == nil || wanted!.contains(target.pid) || isDescendant(target.pid, of: wanted!))
-                && (target.injecting || busy.contains(target.pid) || (target.state == .noProvider && target.retryAt != nil)
-                    // a pid named on the command line that missed a safe point gets its quick retry
-                    || (target.state == .error && wanted?.contains(target.pid) == true
-                        && target.acquisition.attempts < 3 && (target.retryAt.map { $0 < settleBy } ?? false)))
+            target.acquisition.isSettling(state: target.state, busy: busy.contains(target.pid),
+                                          named: wanted?.contains(target.pid) == true, deadline: settleBy)
+                && isWithin(target.pid, wanted)
         }) {
             try? await Task.sleep(for: .milliseconds(50))
             await scan()
@@ -467,10 +465,13 @@ public actor Agent {
     }
 
     private func attachedPids(within wanted: Set<Int32>?) -> [Int32] {
-        targets.values.filter { $0.state == .attached }.map(\.pid).filter { pid in
-            guard let wanted else { return true }
-            return wanted.contains(pid) || isDescendant(pid, of: wanted)
-        }
+        targets.values.filter { $0.state == .attached }.map(\.pid).filter { isWithin($0, wanted) }
+    }
+
+    /// True when `wanted` is nil (every target) or holds the pid or one of its ancestors.
+    private func isWithin(_ pid: Int32, _ wanted: Set<Int32>?) -> Bool {
+        guard let wanted else { return true }
+        return wanted.contains(pid) || isDescendant(pid, of: wanted)
     }
 
     private func isDescendant(_ pid: Int32, of ancestors: Set<Int32>) -> Bool {
@@ -507,7 +508,7 @@ public actor Agent {
 
     private func targetLines(within wanted: Set<Int32>?, pending: Set<Int32>) -> [String] {
         targets.values.sorted { $0.pid < $1.pid }.compactMap { target in
-            if let wanted, !wanted.contains(target.pid), !isDescendant(target.pid, of: wanted) { return nil }
+            guard isWithin(target.pid, wanted) else { return nil }
             switch target.state {
             case .attached where pending.contains(target.pid):
                 return "pid \(target.pid) (\(target.role.role), dp \(target.dp)): attached, provider did not acknowledge within the timeout"
@@ -576,9 +577,6 @@ struct Target: Sendable {
     var python: String?
     /// Injection, retry schedule and revival of the provider.
     var acquisition = ProviderAcquisition()
-    /// Read by `on` while it waits for injections to settle.
-    var injecting: Bool { acquisition.injecting }
-    var retryAt: ContinuousClock.Instant? { acquisition.retryAt }
 
     init(pid: Int32, startTime: UInt64, title: String, role: ProcessRole, dp: Int) {
         self.pid = pid

@@ -1,4 +1,5 @@
 import Foundation
+import MSMCore
 
 /// Getting the provider into one target that does not carry it: wait while the process is
 /// still starting, inject, and after a failure retry on a schedule; a provider that is mapped
@@ -20,6 +21,9 @@ struct ProviderAcquisition: Sendable, Equatable {
     static let quickRetryAttempts = 60
     static let slowRetry: Duration = .seconds(60)
     static let nonRetryable: Duration = .seconds(3600)
+    /// `on` waits for a pid it was given whose injection failed while fewer injections than
+    /// this were made: the first try and up to two retries.
+    static let settleAttempts = 3
 
     enum Outcome: Sendable, Equatable {
         case injected
@@ -46,6 +50,19 @@ struct ProviderAcquisition: Sendable, Equatable {
     /// True when an attach (and, if needed, an injection) may be tried now.
     func isDue(now: ContinuousClock.Instant) -> Bool {
         !injecting && retryAt.map { now >= $0 } ?? true
+    }
+
+    /// True while `on` should wait before it reports on this target: an injection is running,
+    /// the agent is busy with the process (`busy`), it has no provider yet and a next look is
+    /// scheduled (still starting), or, for a pid named on the command line (`named`), an
+    /// injection failed and its retry comes before `deadline`.
+    func isSettling(state: TargetState, busy: Bool, named: Bool, deadline: ContinuousClock.Instant) -> Bool {
+        if injecting || busy { return true }
+        switch state {
+        case .noProvider: return retryAt != nil
+        case .error: return named && attempts < Self.settleAttempts && retryAt.map { $0 < deadline } ?? false
+        case .attached, .exited: return false
+        }
     }
 
     /// The process is too young to inject: look again shortly.

@@ -1,4 +1,5 @@
 import XCTest
+import MSMCore
 @testable import MSMAgent
 
 final class ProviderAcquisitionTests: XCTestCase {
@@ -99,5 +100,64 @@ final class ProviderAcquisitionTests: XCTestCase {
         XCTAssertTrue(acquisition.reviveOnce())
         XCTAssertTrue(acquisition.revived)
         XCTAssertFalse(acquisition.reviveOnce())
+    }
+
+    // MARK: - Settling (what `on` waits for before it reports)
+
+    func settling(_ acquisition: ProviderAcquisition, _ state: TargetState, busy: Bool = false, named: Bool = false,
+                  deadline: ContinuousClock.Instant) -> Bool {
+        acquisition.isSettling(state: state, busy: busy, named: named, deadline: deadline)
+    }
+
+    func failed(times: Int, at now: ContinuousClock.Instant) -> ProviderAcquisition {
+        var acquisition = ProviderAcquisition()
+        for _ in 0..<times {
+            acquisition.begin()
+            acquisition.finish(.failed(retryable: true), now: now)
+        }
+        return acquisition
+    }
+
+    func testSettledWhenNothingIsPending() {
+        let deadline = start + .seconds(10)
+        for state in TargetState.allCases {
+            XCTAssertFalse(settling(ProviderAcquisition(), state, named: true, deadline: deadline), "\(state)")
+        }
+    }
+
+    func testSettlingWhileInjectingOrBusyWhateverTheState() {
+        var injecting = ProviderAcquisition()
+        injecting.begin()
+        for state in TargetState.allCases {
+            XCTAssertTrue(settling(injecting, state, deadline: start), "\(state)")
+            XCTAssertTrue(settling(ProviderAcquisition(), state, busy: true, deadline: start), "\(state)")
+        }
+    }
+
+    func testSettlingWhileStarting() {
+        var starting = ProviderAcquisition()
+        starting.awaitStartup(now: start)
+        XCTAssertTrue(settling(starting, .noProvider, deadline: start))
+        XCTAssertFalse(settling(starting, .attached, deadline: start + .seconds(10)))
+    }
+
+    func testNamedPidWaitsForTheQuickRetryOfAFailedInjection() {
+        let deadline = start + .seconds(10)
+        let once = failed(times: 1, at: start)  // retry at +1 s
+        XCTAssertTrue(settling(once, .error, named: true, deadline: deadline))
+        XCTAssertFalse(settling(once, .error, named: false, deadline: deadline), "only a pid named on the command line")
+        XCTAssertTrue(settling(failed(times: 2, at: start), .error, named: true, deadline: deadline), "retry at +5 s")
+        XCTAssertFalse(settling(failed(times: 3, at: start), .error, named: true, deadline: deadline),
+                       "three attempts: on reports the error")
+    }
+
+    func testNamedPidDoesNotWaitForARetryAtOrAfterTheDeadline() {
+        let once = failed(times: 1, at: start)  // retry at +1 s
+        XCTAssertTrue(settling(once, .error, named: true, deadline: start + .milliseconds(1001)))
+        XCTAssertFalse(settling(once, .error, named: true, deadline: start + .seconds(1)))
+        var hopeless = ProviderAcquisition()
+        hopeless.begin()
+        hopeless.finish(.failed(retryable: false), now: start)  // retry in an hour
+        XCTAssertFalse(settling(hopeless, .error, named: true, deadline: start + .seconds(10)))
     }
 }
