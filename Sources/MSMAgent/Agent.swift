@@ -413,17 +413,14 @@ public actor Agent {
     /// A provider whose library is mapped but that never answers (an earlier injected
     /// provider retires its thread on `off`) is started again by injecting the bootstrap.
     private func reviveSilentProvider(_ pid: Int32) async {
-        guard !busy.contains(pid), let known = targets[pid], known.state == .attached, !known.acquisition.revived,
-              known.acquisition.isDue(now: .now),
-              let attachedAt = known.attachedAt, ContinuousClock.now - attachedAt > .milliseconds(800)
-        else { return }
+        guard !busy.contains(pid), let known = targets[pid], known.state == .attached,
+              known.acquisition.isRevivalDue(attachedAt: known.attachedAt, now: .now) else { return }
         // Claimed before the first suspension: `on` and the service loop scan concurrently,
         // and both must not inject into the same process (the second saw the first's ptrace).
         busy.insert(pid)
         defer { busy.remove(pid) }
         if (await aggregator.acknowledgedGenerations()[pid] ?? 0) > 0 { return }
-        guard var target = targets[pid], target.state == .attached else { return }
-        _ = target.acquisition.reviveOnce()
+        guard var target = targets[pid], target.state == .attached, target.acquisition.reviveOnce() else { return }
         targets[pid] = target
         guard let facts = ProcessTable.facts(pid) else { return }
         _ = await injectProvider(into: facts, target: &target)

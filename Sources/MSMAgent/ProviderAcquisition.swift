@@ -24,6 +24,8 @@ struct ProviderAcquisition: Sendable, Equatable {
     /// `on` waits for a pid it was given whose injection failed while fewer injections than
     /// this were made: the first try and up to two retries.
     static let settleAttempts = 3
+    /// A provider attached this recently may not have answered yet: it does not count as silent.
+    static let reviveGrace: Duration = .milliseconds(800)
 
     enum Outcome: Sendable, Equatable {
         case injected
@@ -87,6 +89,14 @@ struct ProviderAcquisition: Sendable, Equatable {
         guard retryable else { return nonRetryable }
         if attempts <= 1 { return firstRetry }
         return attempts < quickRetryAttempts ? quickRetry : slowRetry
+    }
+
+    /// True when a provider attached at `attachedAt` may be revived now if it is silent (the
+    /// agent checks that it acknowledged no config): attached more than `reviveGrace` ago, not
+    /// revived yet (or its revival failed), and due on the retry schedule.
+    func isRevivalDue(attachedAt: ContinuousClock.Instant?, now: ContinuousClock.Instant) -> Bool {
+        guard !revived, let attachedAt, now - attachedAt > Self.reviveGrace else { return false }
+        return isDue(now: now)
     }
 
     /// True the first time only: a silent provider is revived once (again only after a

@@ -160,4 +160,33 @@ final class ProviderAcquisitionTests: XCTestCase {
         hopeless.finish(.failed(retryable: false), now: start)  // retry in an hour
         XCTAssertFalse(settling(hopeless, .error, named: true, deadline: start + .seconds(10)))
     }
+
+    // MARK: - Revival of a silent provider
+
+    func testRevivalWaitsForTheGraceAfterAttach() {
+        let acquisition = ProviderAcquisition()
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: nil, now: start + .seconds(10)), "not attached")
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: start + .milliseconds(800)))
+        XCTAssertTrue(acquisition.isRevivalDue(attachedAt: start, now: start + .milliseconds(801)))
+    }
+
+    func testRevivalOnceUntilItFails() {
+        var acquisition = ProviderAcquisition()
+        let later = start + .seconds(1)
+        XCTAssertTrue(acquisition.reviveOnce())
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: later), "revived already")
+        acquisition.begin()
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: later), "injecting")
+        acquisition.finish(.failed(retryable: true), now: later)
+        acquisition.reviveFailed()
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: later + .milliseconds(999)), "retry not due")
+        XCTAssertTrue(acquisition.isRevivalDue(attachedAt: start, now: later + .seconds(1)))
+    }
+
+    func testRevivalWaitsForAStartupRecheck() {
+        var acquisition = ProviderAcquisition()
+        acquisition.awaitStartup(now: start + .seconds(1))
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: start + .seconds(1)))
+        XCTAssertTrue(acquisition.isRevivalDue(attachedAt: start, now: start + .milliseconds(1250)))
+    }
 }
