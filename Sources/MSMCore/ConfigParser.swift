@@ -13,6 +13,8 @@ import Yams
 ///           buckets: [...]         # timer/histogram only, ascending, finite
 ///           labels: [{name: ..., expr: ...}]
 ///       handler: pkg.module:function   # optional, see docs/config.md
+///       scope: block              # optional: call (default) | block (the returned context
+///                                 # manager's with-block, see docs/config.md)
 ///
 /// In an entry with a `handler`, metrics without `expr` (other than timers) are recorded by
 /// the handler through `ctx.record`, and their labels are given without `expr`.
@@ -20,7 +22,7 @@ import Yams
 /// Works on the node tree (`Yams.compose`) so that every error names its line. All errors
 /// are collected; the result is either a config without errors or the full list.
 public enum ConfigParser {
-    static let entryKeys = ["symbol", "min_version", "max_version", "metrics", "handler"]
+    static let entryKeys = ["symbol", "min_version", "max_version", "metrics", "handler", "scope"]
     static let metricKeys = ["name", "type", "expr", "buckets", "labels"]
     static let labelKeys = ["name", "expr"]
 
@@ -93,6 +95,7 @@ public enum ConfigParser {
         var metrics: [MetricSpec]?
         var metricsNode: Node?
         var handler: String?
+        var scope = ProbeScope.call
         let hasHandler = map["handler"] != nil
         for (keyNode, value) in map {
             guard let key = keyString(keyNode, path: "", ctx: &ctx) else { continue }
@@ -121,6 +124,13 @@ public enum ConfigParser {
                 } else {
                     ctx.error(value, "handler", "invalid handler \(quoted(s)) (expected module.path:function, both parts dotted Python identifiers, e.g. mypkg.metrics:on_schedule)")
                 }
+            case "scope":
+                guard let s = requiredString(value, "scope", ctx: &ctx) else { continue }
+                if let v = ProbeScope(rawValue: s) {
+                    scope = v
+                } else {
+                    ctx.error(value, "scope", "unknown scope \(quoted(s)) (expected call: time the call, or block: time the with-block of the context manager the function returns)")
+                }
             default:
                 ctx.error(keyNode, key, "unknown key \(quoted(key)) (expected \(entryKeys.joined(separator: ", ")))")
             }
@@ -135,7 +145,7 @@ public enum ConfigParser {
         }
         guard ctx.errors.count == errorsBefore, let symbol, let metrics else { return nil }
         return SymbolEntry(symbol: symbol, minVersion: minVersion?.0, maxVersion: maxVersion?.0,
-                           metrics: metrics, handler: handler, line: node.mark?.line ?? 0)
+                           metrics: metrics, handler: handler, scope: scope, line: node.mark?.line ?? 0)
     }
 
     static func parseMetrics(_ node: Node, hasHandler: Bool, ctx: inout Context) -> [MetricSpec]? {

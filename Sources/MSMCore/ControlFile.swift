@@ -52,26 +52,43 @@ public struct ControlProbe: Codable, Sendable, Equatable {
     public var metrics: [ControlMetric]
     /// `module.path:function` called with a context after each call (docs/config.md), or nil.
     public var handler: String?
+    /// `call` or `block` (docs/protocol.md); always written. A provider that predates the key
+    /// ignores it and times the call of the function.
+    public var scope: ProbeScope
 
     public init(id: Int, symbol: String, minVersion: String?, maxVersion: String?, metrics: [ControlMetric],
-                handler: String? = nil) {
+                handler: String? = nil, scope: ProbeScope = .call) {
         self.id = id
         self.symbol = symbol
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.metrics = metrics
         self.handler = handler
+        self.scope = scope
     }
 
     public init(id: Int, entry: SymbolEntry) {
         self.init(id: id, symbol: entry.symbol, minVersion: entry.minVersion, maxVersion: entry.maxVersion,
-                  metrics: entry.metrics.map(ControlMetric.init(spec:)), handler: entry.handler)
+                  metrics: entry.metrics.map(ControlMetric.init(spec:)), handler: entry.handler,
+                  scope: entry.scope)
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, symbol, metrics, handler
+        case id, symbol, metrics, handler, scope
         case minVersion = "min_version"
         case maxVersion = "max_version"
+    }
+
+    /// A file without `scope` (written before the key existed) means `call`.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(id: try c.decode(Int.self, forKey: .id),
+                  symbol: try c.decode(String.self, forKey: .symbol),
+                  minVersion: try c.decodeIfPresent(String.self, forKey: .minVersion),
+                  maxVersion: try c.decodeIfPresent(String.self, forKey: .maxVersion),
+                  metrics: try c.decode([ControlMetric].self, forKey: .metrics),
+                  handler: try c.decodeIfPresent(String.self, forKey: .handler),
+                  scope: try c.decodeIfPresent(ProbeScope.self, forKey: .scope) ?? .call)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -82,6 +99,7 @@ public struct ControlProbe: Codable, Sendable, Equatable {
         try c.encode(maxVersion, forKey: .maxVersion)
         try c.encode(metrics, forKey: .metrics)
         try c.encode(handler, forKey: .handler)  // null when absent
+        try c.encode(scope, forKey: .scope)
     }
 }
 

@@ -80,6 +80,16 @@ public struct MetricSpec: Sendable, Equatable {
     public var effectiveBuckets: [Double] { buckets ?? DefaultBuckets.forType(type) }
 }
 
+/// What an entry's metrics measure (`scope:` in the config, docs/config.md).
+public enum ProbeScope: String, Sendable, Codable, CaseIterable, Hashable {
+    /// The call of the function (the default).
+    case call
+    /// The `with` block guarded by the context manager the function returns: timers measure
+    /// `__enter__` to `__exit__`, `ret` is the context manager, `exc` the exception that ended
+    /// the block.
+    case block
+}
+
 /// One entry of the config: a symbol, its optional version range and its metrics.
 /// Its index in `SymbolConfig.entries` is the probe id in the control file.
 public struct SymbolEntry: Sendable, Equatable {
@@ -91,15 +101,19 @@ public struct SymbolEntry: Sendable, Equatable {
     public var metrics: [MetricSpec]
     /// `module.path:function` the provider calls after each call (docs/config.md), or nil.
     public var handler: String?
+    /// What the metrics measure: the call (default) or the with-block of the returned
+    /// context manager.
+    public var scope: ProbeScope
     public var line: Int
 
     public init(symbol: String, minVersion: String? = nil, maxVersion: String? = nil,
-                metrics: [MetricSpec], handler: String? = nil, line: Int = 0) {
+                metrics: [MetricSpec], handler: String? = nil, scope: ProbeScope = .call, line: Int = 0) {
         self.symbol = symbol
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.metrics = metrics
         self.handler = handler
+        self.scope = scope
         self.line = line
     }
 

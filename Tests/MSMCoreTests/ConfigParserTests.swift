@@ -113,7 +113,7 @@ final class ConfigParserTests: XCTestCase {
               labels:
                 - {name: x, expr: "1", exp: "2"}
         """), [
-            #"my.yaml:2: metric: unknown key "metric" (expected symbol, min_version, max_version, metrics, handler)"#,
+            #"my.yaml:2: metric: unknown key "metric" (expected symbol, min_version, max_version, metrics, handler, scope)"#,
             #"my.yaml:6: metrics[0].bukets: unknown key "bukets" (expected name, type, expr, buckets, labels)"#,
             #"my.yaml:8: metrics[0].labels[0].exp: unknown key "exp" (expected name, expr)"#,
         ])
@@ -359,5 +359,54 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(VersionString("0.9")!, VersionString("0.9.0")!)
         XCTAssertNil(VersionString("1..2"))
         XCTAssertNil(VersionString("v1"))
+    }
+
+    // MARK: - scope
+
+    func testScopeDefaultsToCallAndBlockIsParsed() throws {
+        let c = try parse("""
+        - symbol: vllm.v1.utils:record_function_or_nullcontext
+          scope: block
+          metrics:
+            - name: record_function_or_nullcontext
+              type: timer
+              labels:
+                - {name: name, expr: name}
+        - symbol: a:b
+          scope: call
+          metrics: [{name: m, type: timer}]
+        - symbol: a:c
+          metrics: [{name: n, type: timer}]
+        - symbol: a:d
+          scope: block
+          handler: mypkg.metrics:on_block
+          metrics:
+            - {name: o, type: timer}
+            - {name: p, type: counter, labels: [{name: section}]}
+        """)
+        XCTAssertEqual(c.entries.map(\.scope), [.block, .call, .call, .block])
+        XCTAssertEqual(c.entries[3].handler, "mypkg.metrics:on_block")
+    }
+
+    func testUnknownOrMalformedScopeNamesTheLine() {
+        XCTAssertEqual(errors("""
+        - symbol: a:b
+          metrics: [{name: m, type: timer}]
+          scope: with
+        - symbol: a:c
+          scope: ""
+          metrics: [{name: n, type: timer}]
+        - symbol: a:d
+          scope: [block]
+          metrics: [{name: o, type: timer}]
+        - symbol: a:e
+          scope: Block
+          metrics: [{name: p, type: timer}]
+        """), [
+            #"my.yaml:3: scope: unknown scope "with" (expected call: time the call, or block: time the with-block of the context manager the function returns)"#,
+            #"my.yaml:5: scope: must not be empty"#,
+            #"my.yaml:8: scope: expected a string, found a list"#,
+            #"my.yaml:11: scope: unknown scope "Block" (expected call: time the call, or block: time the with-block of the context manager the function returns)"#,
+        ])
     }
 }

@@ -26,7 +26,8 @@ final class ControlFileTests: XCTestCase {
         XCTAssertEqual(obj["agent_pid"] as? Int, 4242)
         let probes = try XCTUnwrap(obj["probes"] as? [[String: Any]])
         XCTAssertEqual(probes.count, 2)
-        XCTAssertEqual(Set(probes[0].keys), ["id", "symbol", "min_version", "max_version", "metrics", "handler"])
+        XCTAssertEqual(Set(probes[0].keys), ["id", "symbol", "min_version", "max_version", "metrics", "handler", "scope"])
+        XCTAssertEqual(probes[0]["scope"] as? String, "call", "scope is always written, call by default")
         XCTAssertEqual(probes[0]["id"] as? Int, 0)
         XCTAssertEqual(probes[1]["id"] as? Int, 1)
         XCTAssertEqual(probes[0]["symbol"] as? String, "package.module:Class.method")
@@ -53,5 +54,22 @@ final class ControlFileTests: XCTestCase {
         XCTAssertEqual(back, file)
         XCTAssertFalse(back.enabled)
         XCTAssertEqual(try file.jsonData(), try file.encoded())
+    }
+
+    func testScopeBlockWrittenAndAbsentScopeReadAsCall() throws {
+        let config = try ConfigParser.parse(yaml: """
+        - symbol: vllm.v1.utils:record_function_or_nullcontext
+          scope: block
+          metrics: [{name: s, type: timer, labels: [{name: name, expr: name}]}]
+        """, file: "s.yaml")
+        let file = ControlFile(config: config, generation: 3, enabled: true, agentPid: 9)
+        let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: file.jsonData()) as? [String: Any])
+        let probe = try XCTUnwrap((obj["probes"] as? [[String: Any]])?.first)
+        XCTAssertEqual(probe["scope"] as? String, "block")
+        XCTAssertEqual(try JSONDecoder().decode(ControlFile.self, from: file.jsonData()), file)
+        // a file written before the key existed
+        let old = #"{"abi":1,"agent_pid":1,"enabled":true,"generation":1,"probes":[{"handler":null,"id":0,"max_version":null,"metrics":[],"min_version":null,"symbol":"a:b"}]}"#
+        let back = try JSONDecoder().decode(ControlFile.self, from: Data(old.utf8))
+        XCTAssertEqual(back.probes[0].scope, .call)
     }
 }
