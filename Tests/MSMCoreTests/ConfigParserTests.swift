@@ -91,6 +91,11 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(chat.map(\.maxVersion), [nil, "0.11.0"])
         XCTAssertEqual(d.definitions["scheduler:duration"]?.type, .timer)
         XCTAssertEqual(d.definitions["scheduler:batch_size"]?.type, .histogram)
+        // vLLM's sections are timed once each, at their with-blocks
+        let sections = d.entries.filter { $0.metrics.contains { $0.name == "record_function_or_nullcontext" } }
+        XCTAssertEqual(sections.map(\.symbol), ["vllm.v1.utils:record_function_or_nullcontext"])
+        XCTAssertEqual(sections.map(\.scope), [.block])
+        XCTAssertEqual(d.entries.filter { $0.scope == .block }.count, 1)
     }
 
     func testUnknownType() {
