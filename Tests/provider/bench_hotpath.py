@@ -4,7 +4,10 @@
 
 Builds the extension into a temp dir when no directory is given. Prints ns per
 call: plain, timer-only probe, static (timer + counter), and a probe with one
-histogram expression and one label expression.
+histogram expression and one label expression; then ns per with-block of a
+factory returning a nullcontext (as vLLM's record_function_or_nullcontext):
+plain, scope call (times the factory), scope block timer-only, and scope block
+with Config/default.yaml's labels.
 """
 
 import json
@@ -33,10 +36,12 @@ def main():
     from msm_provider import Provider
 
     ns = {}
-    exec("class Engine:\n"
+    exec("import contextlib\n"
+         "class Engine:\n"
          "    def __init__(self):\n        self.running = [1, 2, 3]\n"
          "    def step(self, n):\n        return n\n"
-         "def plain(n):\n    return n\n", ns)
+         "def plain(n):\n    return n\n"
+         "def section(name):\n    return contextlib.nullcontext()\n", ns)
     mod = type(sys)("benchtarget")
     mod.__dict__.update(ns)
     for v in ns.values():
@@ -77,10 +82,37 @@ def main():
         assert p.status()["probes"][0][0] == "active", p.status()
         bench(label + " (method)", "e.step(1)")
         bench(label + " (function)", "plain(1)")
+    blocks = {}
+
+    def bench_block(label):
+        best = min(timeit.repeat("with section('gpu_model_runner: forward'):\n    pass",
+                                 globals={"section": mod.section}, number=n // 4, repeat=5))
+        blocks[label] = best / (n // 4) * 1e9
+
+    role = ("'worker' if str(name).startswith('gpu_model_runner') else "
+            "'scheduler' if str(name).startswith('schedule') else "
+            "'engine' if str(name).startswith('llm_engine') else 'unknown'")
+    bench_block("with-block, no probe")
+    for label, scope, metrics in (
+            ("scope call, timer-only (the factory call)", "call", configs["timer-only"]),
+            ("scope block, timer-only", "block", configs["timer-only"]),
+            ("scope block, timer name/phase/role (default)", "block", [
+                {"name": "d", "type": "timer", "labels": [
+                    {"name": "name", "expr": "name"}, {"name": "phase", "expr": "'unknown'"},
+                    {"name": "role", "expr": role}]}])):
+        gen += 1
+        with open(path, "w") as f:
+            json.dump({"abi": 1, "generation": gen, "enabled": True, "probes": [
+                {"id": 0, "symbol": "benchtarget:section", "scope": scope, "metrics": metrics}]}, f)
+        p.poll_once()
+        assert p.status()["probes"][0][0] == "active", p.status()
+        bench_block(label)
     p.stop()
     print("Python %s" % sys.version.split()[0])
     for k, v in out.items():
         print("  %-48s %7.0f ns/call" % (k, v))
+    for k, v in blocks.items():
+        print("  %-48s %7.0f ns/block" % (k, v))
 
 
 if __name__ == "__main__":

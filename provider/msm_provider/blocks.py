@@ -30,7 +30,10 @@ not define are forwarded to the real object.
 
 Proxy classes are generated per probe (the record statement is compiled in:
 a timer-only entry's ``__exit__`` calls the native ``timer`` directly) and
-cached per type of the returned object.
+cached per type of the returned object; for a cached type the factory's
+wrapper makes the proxy itself (``object.__new__`` and the four slots), so a
+timed with-block costs two Python-level calls (the proxy's ``__enter__`` and
+``__exit__``) beyond the target's own.
 """
 
 import builtins
@@ -178,7 +181,10 @@ class BlockScope:
                    "BIND": bind_special}
         self.ns.update(consts)
         self._classes = {}  # (sync, async, fast) -> generated class
-        self._by_type = {}  # type of the returned object -> class, or _NOT_CM
+        # type of the returned object -> proxy class, read by the factory's wrapper
+        # (BLOCKCLASSES), which sets the slots itself; other types go through wrap()
+        self.by_type = {}
+        self._not_cm = set()
 
     @property
     def needs_args(self):
@@ -204,8 +210,10 @@ class BlockScope:
     def proxy_class(self, tp):
         """The proxy class for objects of type ``tp``, or None when ``tp`` is no
         context manager (neither protocol complete)."""
-        cls = self._by_type.get(tp)
+        cls = self.by_type.get(tp)
         if cls is None:
+            if tp in self._not_cm:
+                return None
             specials = {n: _special(tp, n) for n in ("__enter__", "__exit__", "__aenter__", "__aexit__")}
             sync = specials["__enter__"] is not None and specials["__exit__"] is not None
             asyn = specials["__aenter__"] is not None and specials["__aexit__"] is not None
@@ -217,9 +225,13 @@ class BlockScope:
                              or (asyn and n in ("__aenter__", "__aexit__")))]
                 fast = all(isinstance(f, _PLAIN) for f in used)
                 cls = self._build(sync, asyn, fast)
-            if len(self._by_type) < TYPE_CACHE_MAX:
-                self._by_type[tp] = cls
-        return None if cls is _NOT_CM else cls
+            if cls is _NOT_CM:
+                if len(self._not_cm) < TYPE_CACHE_MAX:
+                    self._not_cm.add(tp)
+                return None
+            if len(self.by_type) < TYPE_CACHE_MAX:
+                self.by_type[tp] = cls
+        return cls
 
     def wrap(self, cm, args):
         """Called by the factory's wrapper with its return value; never raises."""

@@ -25,9 +25,10 @@ Wrapper kinds, by what the hook needs at exit:
   hook that evaluates expressions (``args_tuple`` holds the parameters in
   order, see :func:`parameter_names`);
 * ``block``  — (entries with ``scope: block``) no clock and nothing recorded at
-  the call: the return value is replaced by ``wrap(ret, args_tuple)`` (a proxy
-  that times the ``with`` block, see :mod:`msm_provider.blocks`); a raising
-  call is not recorded. ``block0`` is the same with ``()`` for the arguments
+  the call: the return value is replaced by a proxy that times the ``with``
+  block (see :mod:`msm_provider.blocks`), made inline from ``BLOCKCLASSES``
+  (type of the return value -> proxy class) or else by ``wrap(ret,
+  args_tuple)``; a raising call is not recorded. ``block0`` is the same with ``()`` for the arguments
   (the entry's metrics read no parameter). Plain functions and coroutine
   functions only.
 """
@@ -200,10 +201,21 @@ def _exit_calls(mode, tup):
     if mode == "full":
         return ("K_FINISH(_L_t, 0, _L_r, None, @TUP@)", "K_FINISH(_L_t, 1, None, _L_e, @TUP@)",
                 "K_FINISH(_L_t, 0, None, None, @TUP@)")
-    if mode == "block":
-        return ("_L_r = K_WRAP(_L_r, @TUP@)", "pass", "pass")
-    if mode == "block0":
-        return ("_L_r = K_WRAP(_L_r, ())", "pass", "pass")
+    if mode in BLOCK_MODES:
+        args = "@TUP@" if mode == "block" else "()"
+        # the proxy of a known context manager type is made right here (no Python-level
+        # call); anything else goes through WRAP
+        ok = "\n".join([
+            "_L_c = K_BLOCKCLASSES.get(K_TYPE(_L_r))",
+            "if _L_c is None:",
+            "    _L_r = K_WRAP(_L_r, %s)" % args,
+            "else:",
+            "    _L_p = K_NEW(_L_c)",
+            "    _L_p._msm_cm = _L_r",
+            "    _L_p._msm_args = %s" % args,
+            "    _L_p._msm_t = _L_p._msm_outer = None",
+            "    _L_r = _L_p"]).replace("\n", "\n    ")
+        return (ok, "pass", "pass")
     raise PatchError("unknown hook mode %r" % (mode,))
 
 
@@ -268,7 +280,8 @@ def build_wrapper_code(orig_code, kind, mode, consts):
 
     all_consts = {prefix + "K_" + k: v for k, v in consts.items()}
     for k, v in (("BASEEXC", BaseException), ("GENEXIT", GeneratorExit),
-                 ("STOPASYNC", StopAsyncIteration), ("STRIPTB", strip_traceback)):
+                 ("STOPASYNC", StopAsyncIteration), ("STRIPTB", strip_traceback),
+                 ("TYPE", type), ("NEW", object.__new__)):
         all_consts.setdefault(prefix + "K_" + k, v)
     tree = ast.parse(src)
     tree = _Consts(set(all_consts)).visit(tree)

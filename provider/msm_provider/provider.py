@@ -865,7 +865,7 @@ class Provider:
                                  % (p.symbol, patcher.function_kind(func.__code__)))
             scope = self._blocks.BlockScope(self, p.id, mode, consts)
             mode = "block" if scope.needs_args else "block0"
-            consts = {"NOW": consts["NOW"], "WRAP": scope.wrap}
+            consts = {"NOW": consts["NOW"], "WRAP": scope.wrap, "BLOCKCLASSES": scope.by_type}
         if code_patch:
             patch = patcher.CodePatch(func, mode, consts)
             detail = ""
