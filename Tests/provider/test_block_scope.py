@@ -376,3 +376,17 @@ def test_absent_scope_is_call_scope(prov, capture, mods):
     assert type(cm).__name__ == "nullcontext"
     assert len(capture.samples()) == 1
     assert sys.modules["btgt12"] is t
+
+
+def test_uncached_types_go_through_wrap(prov, capture, mods, monkeypatch):
+    import msm_provider.blocks as blocks
+    monkeypatch.setattr(blocks, "TYPE_CACHE_MAX", 0)  # nothing cached: every proxy made by wrap()
+    t = __import__(mods("btgt13", TARGET))
+    apply(prov, capture, [timer_entry(0, "btgt13:raw")])
+    capture.clear()
+    for _ in range(3):
+        with t.raw("u", t.Suppress()) as v:
+            assert v == "entered-value"
+        assert t.raw("u", 1) == 1
+    assert len(capture.samples()) == 3
+    assert prov._expr_errors[(0, "scope block")][0] == 3
