@@ -3,6 +3,7 @@ import Logging
 import MSMArtifacts
 import MSMCore
 import CInjector
+import Synchronization
 
 /// The long-running agent: owns the targets, their uprobes, the control file and the
 /// aggregation actor, and answers the CLI's commands. All state changes go through this
@@ -23,7 +24,7 @@ public actor Agent {
     }
 
     private let settings: Settings
-    private let collector: BPFCollector
+    private nonisolated let collector: BPFCollector
     public nonisolated let aggregator: Aggregator
     private let logger: Logger
     private var config: SymbolConfig
@@ -34,9 +35,17 @@ public actor Agent {
     private var roots: Set<Int32> = []
     /// `on` without --pid: every process on the host that carries the provider.
     private var watchAll = false
-    private var targets: [Int32: Target] = [:]
+    private var targets: [Int32: Target] = [:] {
+        didSet {
+            let attached = targets.values.filter { $0.state == .attached }.count
+            scrapeState.withLock { $0.attachedTargets = attached }
+        }
+    }
+    /// What a scrape needs besides the aggregator, outside the actor: a scan or an attach can
+    /// hold the actor for seconds (a busy vLLM process's /proc files wait on its mmap lock),
+    /// and /metrics must not wait for them.
+    private nonisolated let scrapeState = Mutex(ScrapeState())
     private var stopRequested: (@Sendable () -> Void)?
-    private var lastScrapeSeconds: Double?
     /// Processes seen and found not to be CPython (pid → start time): not targets.
     private var ignored: [Int32: UInt64] = [:]
     /// /proc as of the last scan; cmdline and maps are not read again on every scan.
@@ -55,7 +64,6 @@ public actor Agent {
         configSource = settings.configSource
         config = try Agent.loadConfig(settings.configSource, defaultText: settings.defaultConfigText)
         aggregator = Aggregator()
-        lastScrapeSeconds = nil
         generation = settings.runtime.previousGeneration()
         for warning in config.warnings { logger.warning("config: \(warning)") }
     }
@@ -179,20 +187,22 @@ public actor Agent {
                                statusJSON: json)
     }
 
-    public func render(format: PrometheusRenderer.Format = .text004) async -> String {
+    /// /metrics. Not isolated to the actor (see `scrapeState`).
+    public nonisolated func render(format: PrometheusRenderer.Format = .text004) async -> String {
         let start = ContinuousClock.now
         await updateKernelStats()
         let snapshot = await aggregator.snapshot()
+        let (attached, previous) = scrapeState.withLock { ($0.attachedTargets, $0.lastScrapeSeconds) }
         let context = PrometheusRenderer.Context(
-            version: AgentVersion.version, targets: targets.values.filter { $0.state == .attached }.count,
-            previousScrapeDuration: lastScrapeSeconds)
+            version: AgentVersion.version, targets: attached, previousScrapeDuration: previous)
         let text = PrometheusRenderer.render(snapshot, context: context, format: format)
         let elapsed = ContinuousClock.now - start
-        lastScrapeSeconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        scrapeState.withLock { $0.lastScrapeSeconds = seconds }
         return text
     }
 
-    private func updateKernelStats() async {
+    private nonisolated func updateKernelStats() async {
         let stats = collector.kernelStats()
         await aggregator.setKernelStats(hits: stats.hits, drops: stats.drops, truncated: stats.truncated,
                                         readErrors: stats.readErrors)
@@ -307,13 +317,19 @@ public actor Agent {
             ?? Target(pid: facts.pid, startTime: facts.startTime, title: facts.title, role: role, dp: dp)
         target.role = role
         target.dp = dp
-        if ProcessTable.providerLibrary(of: facts.pid) == nil {
+        // Reading a big process's maps and registering its uprobes wait on its mmap lock,
+        // seconds when a vLLM process is busy: off the actor, so that targets are attached in
+        // parallel and status and /metrics answer meanwhile.
+        let pid = facts.pid
+        var library = await runOnDedicatedThread(named: "msm-attach") { ProcessTable.providerLibrary(of: pid) }
+        if library == nil {
             guard await injectProvider(into: facts, target: &target) else {
                 if ignored[facts.pid] != facts.startTime { targets[facts.pid] = target }
                 return
             }
+            library = await runOnDedicatedThread(named: "msm-attach") { ProcessTable.providerLibrary(of: pid) }
         }
-        guard let library = ProcessTable.providerLibrary(of: facts.pid) else {
+        guard let library else {
             target.state = .noProvider
             target.detail = "the provider did not load"
             targets[facts.pid] = target
@@ -322,16 +338,18 @@ public actor Agent {
         // The path as the target sees it, reached through its root: the right inode even in
         // another mount namespace or after the file was replaced on disk.
         let path = "/proc/\(facts.pid)/root\(library)"
+        // The role decides the dp label: set it before the first event can arrive.
+        await aggregator.setProcessInfo(pid: facts.pid, dp: dp, role: role.role)
+        let attached = await runOnDedicatedThread(named: "msm-attach") { [collector] in
+            Result { try Self.attachProbes(collector, pid: pid, path: path) }
+        }
         do {
-            let symbols = try ELFSymbolTable(path: path)
-            let marker = try symbols.symbol(named: "msm_emit")
-            let semaphore = try symbols.symbol(named: "msm_semaphore")
-            let arm = try? symbols.symbol(named: "msm_arm")
-            // The role decides the dp label: set it before the first event can arrive.
-            await aggregator.setProcessInfo(pid: facts.pid, dp: dp, role: role.role)
-            target.link = try collector.attach(pid: facts.pid, libraryPath: path,
-                                               markerOffset: marker.fileOffset, armOffset: arm?.fileOffset,
-                                               semaphoreOffset: semaphore.fileOffset)
+            let link = try attached.get()
+            guard enabled else {
+                link.detach()  // `off` ran meanwhile
+                return
+            }
+            target.link = link
             target.state = .attached
             target.detail = ""
             target.libraryPath = library
@@ -344,6 +362,17 @@ public actor Agent {
             logger.error("cannot attach", metadata: ["pid": "\(facts.pid)", "error": "\(error)"])
         }
         targets[facts.pid] = target
+    }
+
+    /// The marker probe and the arming probe (which raises the provider's semaphore) on the
+    /// provider library at `path` (as the target maps it).
+    private static func attachProbes(_ collector: BPFCollector, pid: Int32, path: String) throws -> UprobeLink {
+        let symbols = try ELFSymbolTable(path: path)
+        let marker = try symbols.symbol(named: "msm_emit")
+        let semaphore = try symbols.symbol(named: "msm_semaphore")
+        let arm = try? symbols.symbol(named: "msm_arm")
+        return try collector.attach(pid: pid, libraryPath: path, markerOffset: marker.fileOffset,
+                                    armOffset: arm?.fileOffset, semaphoreOffset: semaphore.fileOffset)
     }
 
     /// Gets the provider into a CPython process that does not carry it (ptrace injection at
@@ -451,10 +480,9 @@ public actor Agent {
         logger.info("target exited", metadata: ["pid": "\(pid)"])
     }
 
-    /// Detaching a uprobe takes ~110 ms in the kernel: do them in parallel.
+    /// Every uprobe at once (see UprobeLink.detachAll: each removal waits for a grace period).
     private func detachAll() {
-        let links = targets.values.compactMap(\.link)
-        DispatchQueue.concurrentPerform(iterations: links.count) { links[$0].detach() }
+        UprobeLink.detachAll(targets.values.compactMap(\.link))
         for pid in targets.keys {
             targets[pid]?.link = nil
             if targets[pid]?.state == .attached { targets[pid]?.state = .exited }
@@ -474,7 +502,7 @@ public actor Agent {
     private func isDescendant(_ pid: Int32, of ancestors: Set<Int32>) -> Bool {
         var current = pid
         for _ in 0..<64 {
-            guard let parent = ProcessTable.facts(current)?.parent, parent > 1 else { return false }
+            guard let parent = ProcessTable.statFields(current)?.parent, parent > 1 else { return false }
             if ancestors.contains(parent) { return true }
             current = parent
         }
@@ -541,10 +569,11 @@ public actor Agent {
 }
 
 /// Runs blocking work on its own OS thread and resumes the caller with the result.
-func runOnDedicatedThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+func runOnDedicatedThread<T: Sendable>(named name: String = "msm-inject",
+                                       _ work: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { continuation in
         let thread = Thread { continuation.resume(returning: work()) }
-        thread.name = "msm-inject"
+        thread.name = name
         thread.start()
     }
 }
@@ -552,6 +581,12 @@ func runOnDedicatedThread<T: Sendable>(_ work: @escaping @Sendable () -> T) asyn
 enum InjectionOutcome: Sendable {
     case injected(InjectionReport)
     case failed(code: Int32, message: String)
+}
+
+/// See `Agent.scrapeState`.
+struct ScrapeState {
+    var attachedTargets = 0
+    var lastScrapeSeconds: Double?
 }
 
 /// One process the agent looks after.

@@ -130,10 +130,38 @@ public final class UprobeLink: @unchecked Sendable {
     }
 
     public func detach() {
-        if let arm { bpf_link__destroy(arm) }
-        arm = nil
+        lowerSemaphore()
         if let marker { bpf_link__destroy(marker) }
         marker = nil
+    }
+
+    /// Removes the arming probe only: the provider sees its semaphore drop.
+    func lowerSemaphore() {
+        if let arm { bpf_link__destroy(arm) }
+        arm = nil
+    }
+
+    /// Detaches many links at once: every semaphore first, then every marker probe. Each
+    /// removal waits in the kernel for a grace period (≈0.1 s idle, seconds on a busy vLLM
+    /// host); removals running at the same time share them, so each one gets its own thread
+    /// (a concurrentPerform would run only as many as there are cores).
+    public static func detachAll(_ links: [UprobeLink]) {
+        runConcurrently(links.map { link in { link.lowerSemaphore() } })
+        runConcurrently(links.map { link in { link.detach() } })
+    }
+
+    private static func runConcurrently(_ work: [@Sendable () -> Void]) {
+        let group = DispatchGroup()
+        for item in work {
+            group.enter()
+            let thread = Thread {
+                item()
+                group.leave()
+            }
+            thread.name = "msm-detach"
+            thread.start()
+        }
+        group.wait()
     }
 
     deinit { detach() }
