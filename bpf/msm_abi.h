@@ -31,6 +31,10 @@
  * marker's uprobe has its program, so the semaphore rises only once events arrive. */
 #define MSM_ARM_SYMBOL "msm_arm"
 
+/* The provider names its poll thread so (prctl PR_SET_NAME, at most 15 bytes); the agent
+ * looks for it in /proc/PID/task/TID/comm to tell a live provider from a retired one. */
+#define MSM_PROVIDER_THREAD_NAME "msm-provider"
+
 /* Largest provider payload the kernel copies. Longer payloads are cut and the
  * event is flagged truncated (the agent drops it and counts it). */
 #define MSM_MAX_PAYLOAD 2048

@@ -3,6 +3,7 @@ import Logging
 import MSMArtifacts
 import MSMCore
 import CInjector
+import CMSMABI
 import Synchronization
 
 /// The long-running agent: owns the targets, their uprobes, the control file and the
@@ -443,7 +444,9 @@ public actor Agent {
     /// provider retires its thread on `off`) is started again by injecting the bootstrap.
     private func reviveSilentProvider(_ pid: Int32) async {
         guard !busy.contains(pid), let known = targets[pid], known.state == .attached,
-              known.acquisition.isRevivalDue(attachedAt: known.attachedAt, now: .now) else { return }
+              known.acquisition.isRevivalDue(
+                  attachedAt: known.attachedAt, now: .now,
+                  providerThread: ProcessTable.hasThread(pid, named: MSM_PROVIDER_THREAD_NAME)) else { return }
         // Claimed before the first suspension: `on` and the service loop scan concurrently,
         // and both must not inject into the same process (the second saw the first's ptrace).
         busy.insert(pid)

@@ -79,6 +79,22 @@ public enum ProcessTable {
     }
 
     /// The numeric entries of /proc.
+    /// Whether one of the process's threads is called `name` (its comm, as set with
+    /// prctl(PR_SET_NAME)); nil when its task list cannot be read (gone, or no permission).
+    public static func hasThread(_ pid: Int32, named name: String) -> Bool? {
+        guard let dir = opendir("/proc/\(pid)/task") else { return nil }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let tid = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            guard tid.first?.isNumber == true,
+                  let comm = readProcFile("/proc/\(pid)/task/\(tid)/comm") else { continue }
+            if comm.trimmingCharacters(in: .newlines) == name { return true }
+        }
+        return false
+    }
+
     public static func allPids() -> [Int32] {
         guard let dir = opendir("/proc") else { return [] }
         defer { closedir(dir) }

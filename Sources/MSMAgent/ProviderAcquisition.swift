@@ -43,6 +43,8 @@ struct ProviderAcquisition: Sendable, Equatable {
     private(set) var retryAt: ContinuousClock.Instant?
     /// The one revival of a silent provider was made.
     private(set) var revived = false
+    /// An injection into this process succeeded (its provider may still be starting).
+    private(set) var injectedHere = false
 
     static func isStarting(ageSeconds: Double) -> Bool { ageSeconds < startupSeconds }
 
@@ -79,6 +81,7 @@ struct ProviderAcquisition: Sendable, Equatable {
     mutating func finish(_ outcome: Outcome, now: ContinuousClock.Instant) {
         injecting = false
         attempts += 1
+        if outcome == .injected { injectedHere = true }
         if case let .failed(retryable) = outcome {
             retryAt = now + Self.retryDelay(attempts: attempts, retryable: retryable)
         }
@@ -92,10 +95,18 @@ struct ProviderAcquisition: Sendable, Equatable {
     }
 
     /// True when a provider attached at `attachedAt` may be revived now if it is silent (the
-    /// agent checks that it acknowledged no config): attached more than `reviveGrace` ago, not
-    /// revived yet (or its revival failed), and due on the retry schedule.
-    func isRevivalDue(attachedAt: ContinuousClock.Instant?, now: ContinuousClock.Instant) -> Bool {
-        guard !revived, let attachedAt, now - attachedAt > Self.reviveGrace else { return false }
+    /// agent checks that it acknowledged no config): not revived yet (or its revival failed),
+    /// due on the retry schedule, and
+    /// - `providerThread` false (the process has no provider poll thread: an injected provider
+    ///   retired it on an earlier `off`) in a process this agent did not inject: at once;
+    /// - `providerThread` true: never (a live provider answers by itself);
+    /// - otherwise (unknown, or injected here and its thread maybe not started yet): once
+    ///   attached more than `reviveGrace` ago.
+    func isRevivalDue(attachedAt: ContinuousClock.Instant?, now: ContinuousClock.Instant,
+                      providerThread: Bool? = nil) -> Bool {
+        guard !revived, let attachedAt, providerThread != true else { return false }
+        let grace = providerThread == false && !injectedHere ? .zero : Self.reviveGrace
+        guard now - attachedAt > grace else { return false }
         return isDue(now: now)
     }
 

@@ -183,6 +183,25 @@ final class ProviderAcquisitionTests: XCTestCase {
         XCTAssertTrue(acquisition.isRevivalDue(attachedAt: start, now: later + .seconds(1)))
     }
 
+    func testRevivalOfARetiredProviderIsImmediate() {
+        let acquisition = ProviderAcquisition()
+        XCTAssertTrue(acquisition.isRevivalDue(attachedAt: start, now: start + .milliseconds(1), providerThread: false),
+                      "no poll thread in a process this agent did not inject: at once")
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: start + .seconds(60), providerThread: true),
+                       "a live poll thread answers by itself")
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: start + .milliseconds(1), providerThread: nil),
+                       "unknown: the grace applies")
+    }
+
+    func testRevivalAfterOwnInjectionWaitsForTheGrace() {
+        var acquisition = ProviderAcquisition()
+        acquisition.begin()
+        acquisition.finish(.injected, now: start)
+        XCTAssertFalse(acquisition.isRevivalDue(attachedAt: start, now: start + .milliseconds(100), providerThread: false),
+                       "just injected: its thread may not have started")
+        XCTAssertTrue(acquisition.isRevivalDue(attachedAt: start, now: start + .milliseconds(801), providerThread: false))
+    }
+
     func testRevivalWaitsForAStartupRecheck() {
         var acquisition = ProviderAcquisition()
         acquisition.awaitStartup(now: start + .seconds(1))

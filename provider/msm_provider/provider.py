@@ -570,6 +570,12 @@ class Provider:
 
     def _run(self):
         stop = self._stop
+        name = getattr(self.native, "name_this_thread", None)
+        if name is not None:
+            try:
+                name()  # the agent tells a live provider from a retired one by this name
+            except Exception:
+                pass
         while not stop.is_set():
             try:
                 self.poll_once()

@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <sys/prctl.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -265,6 +266,16 @@ static PyObject *py_sample(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+/* name_this_thread(): the calling thread's kernel name becomes MSM_PROVIDER_THREAD_NAME. */
+static PyObject *py_name_this_thread(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    if (prctl(PR_SET_NAME, MSM_PROVIDER_THREAD_NAME, 0, 0, 0) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 /* _debug_capture(list_or_None): tests only. */
 static PyObject *py_debug_capture(PyObject *self, PyObject *arg)
 {
@@ -294,6 +305,8 @@ static PyMethodDef methods[] = {
      "timer(probe_id, series_id, start_ns, status): emit a sample with one duration value"},
     {"sample", (PyCFunction)(void (*)(void))py_sample, METH_FASTCALL,
      "sample(probe_id, start_ns, status, values): values = flat (series_id, op, value, ...)"},
+    {"name_this_thread", py_name_this_thread, METH_NOARGS,
+     "name_this_thread(): names the calling thread " MSM_PROVIDER_THREAD_NAME " for the agent"},
     {"_debug_capture", py_debug_capture, METH_O,
      "_debug_capture(list or None): tests only, also append every payload to the list"},
     {NULL, NULL, 0, NULL},
