@@ -252,7 +252,14 @@ class TestPlainServer:
         phases = wl.label_values(a1, STEP, "phase")
         assert {"prefill", "decode"} <= set(phases), phases
         names = wl.label_values(a1, P + "record_function_or_nullcontext_count", "name")
-        assert "gpu_model_runner: sample" in names and "schedule: update_after_schedule" in names, names
+        assert {"gpu_model_runner: preprocess", "gpu_model_runner: forward", "gpu_model_runner: postprocess",
+                "gpu_model_runner: sample", "schedule: update_after_schedule"} <= set(names), names
+        # the model runs once per step that scheduled something, like prepare_inputs
+        def forward(samples):   # `name` is a label here, not delta's argument
+            return sum(v for n, l, v in samples if n == P + "record_function_or_nullcontext_count"
+                       and l.get("name") == "gpu_model_runner: forward" and l.get("role") == "worker"
+                       and l.get("dp") == "0")
+        assert forward(a1) - forward(a0) == delta(a1, a0, P + "executor:prepare_inputs:duration_count", dp=0)
 
     def test_kv_blocks_agree_with_vllm(self, plain_workload):
         dep, _, _, _ = plain_workload
