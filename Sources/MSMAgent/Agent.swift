@@ -24,6 +24,10 @@ public actor Agent {
         }
     }
 
+    /// The actor's own thread (see ThreadExecutor): its /proc reads and uprobe calls block.
+    private nonisolated let executor = ThreadExecutor(name: "msm-agent")
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
     private let settings: Settings
     private nonisolated let collector: BPFCollector
     public nonisolated let aggregator: Aggregator
