@@ -7,7 +7,7 @@
 # Usage: bash scripts/bench-vllm.sh [--rounds N] [--requests N] [--concurrency N] [--max-tokens N]
 #        (options go to the throughput part; ATTACH_ROUNDS sets the attach rounds, default 3)
 # Env:   VLLM_PORT (default 8013); BIN (default: .build/release/ms-service-metric if built,
-#        else debug). Needs scripts/setup.sh and scripts/vllm-setup.sh. ~6 min with defaults.
+#        else debug). Needs scripts/setup.sh and scripts/vllm-setup.sh. ~10 min with defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${VLLM_PORT:-8013}
