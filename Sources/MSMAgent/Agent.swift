@@ -569,7 +569,11 @@ public actor Agent {
 
     static func loadConfig(_ source: ConfigSource, defaultText: String) throws -> SymbolConfig {
         switch source {
-        case let .file(path): return try ConfigParser.load(path: path)
+        case let .file(path):
+            // A reference-tool config's own handlers map onto the built-in metrics.
+            return ReferenceHandlerMapping.apply(
+                to: try ConfigParser.load(path: path),
+                builtIns: try ConfigParser.parse(yaml: defaultText, file: ConfigSource.builtInName))
         case .builtIn: return try ConfigParser.parse(yaml: defaultText, file: ConfigSource.builtInName)
         }
     }

@@ -64,7 +64,9 @@ struct CheckConfig: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let config = try ConfigParser.load(path: file)
+            let config = ReferenceHandlerMapping.apply(
+                to: try ConfigParser.load(path: file),
+                builtIns: try ConfigParser.parse(yaml: Artifacts.defaultConfig, file: ConfigSource.builtInName))
             let metrics = config.entries.reduce(0) { $0 + $1.metrics.count }
             for warning in config.warnings { printErr("warning: \(warning)") }
             print("\(file): OK (\(config.entries.count) symbols, \(metrics) metrics)")
