@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from msm_agent import Agent, msm_bin
+from msm_agent import CONFIG, Agent, msm_bin
 from vllm_harness import (STOP, VLLM_MODEL_DIR, format_process_tree, free_port, http_json,
                           start_vllm_server, vllm_missing_reason)
 import workload as wl
@@ -320,6 +320,33 @@ class TestPlainServer:
     def test_no_expression_errors_after_the_workload(self, plain_workload):
         dep = plain_workload[0]
         _status_check(dep)
+
+    def test_reference_tool_config_with_its_handler_maps_to_the_built_ins(self, plain_workload, tmp_path):
+        """A reference-tool config naming that tool's own scheduler handler: `restart` maps it
+        onto the built-in scheduler metrics, which then count; the default config comes back."""
+        dep = plain_workload[0]
+        ref = tmp_path / "reference.yaml"
+        ref.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
+                       "  handler: ms_service_metric.handlers.scheduler:schedule_handler\n"
+                       "  metrics:\n"
+                       "    - name: scheduler:phase_tokens\n"
+                       "      type: histogram\n"
+                       "      labels:\n"
+                       "        - name: req_phase\n")
+        try:
+            proc = dep.agent.run("restart", "--config", ref)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "mapped to ms-service-metric's built-in metrics" in proc.stdout, proc.stdout
+            st, bad = _probe_problems(dep.agent)
+            assert not bad, bad
+            b0 = total(dep.agent.scrape(), P + "scheduler:batch_size_count", dp=0)
+            for i in range(3):
+                wl.completion(dep.server, 880 + i)
+            wait_until(lambda: total(dep.agent.scrape(), P + "scheduler:batch_size_count", dp=0) >= b0 + 3,
+                       20, "scheduler:batch_size counted under the mapped config")
+        finally:
+            proc = dep.agent.run("restart", "--config", CONFIG)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def test_health_check_failed_when_the_engine_dies(self, plain_workload):
         """Last test of the class: kills the engine core; /health must fail and count."""
