@@ -71,15 +71,21 @@ def main():
             {"name": "d", "type": "timer", "labels": [{"name": "phase", "expr": "'a' if n else 'b'"}]},
             {"name": "h", "type": "histogram", "expr": "len(self.running)", "labels": []}],
     }
+    def for_function(metrics):
+        """The same metrics for the plain function, which has no `self`."""
+        return [dict(m, expr=m["expr"].replace("self.running", "[n]")) if "expr" in m else m
+                for m in metrics]
+
     gen = 0
     for label, metrics in configs.items():
         gen += 1
         with open(path, "w") as f:
             json.dump({"abi": 1, "generation": gen, "enabled": True, "probes": [
                 {"id": 0, "symbol": "benchtarget:Engine.step", "metrics": metrics},
-                {"id": 1, "symbol": "benchtarget:plain", "metrics": metrics}]}, f)
+                {"id": 1, "symbol": "benchtarget:plain", "metrics": for_function(metrics)}]}, f)
         p.poll_once()
-        assert p.status()["probes"][0][0] == "active", p.status()
+        states = [state for state, _ in p.status()["probes"].values()]
+        assert states == ["active", "active"], p.status()
         bench(label + " (method)", "e.step(1)")
         bench(label + " (function)", "plain(1)")
     blocks = {}
