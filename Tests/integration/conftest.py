@@ -419,8 +419,8 @@ def agent(msm_bin, runtime_dir, request):
             time.sleep(0.05)
         if _process_alive(pid):
             os.kill(pid, signal.SIGKILL)
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
+    # also when a fixture's setup failed (an `on` in setup), not only the test's call
+    if any(getattr(getattr(request.node, "rep_" + when, None), "failed", False) for when in ("setup", "call")):
         print("\n==== agent commands ====")
         print("\n".join(a.history))
         print("==== agent.log (tail) ====")
@@ -511,23 +511,9 @@ def start_service(cmd, env, timeout=20.0):
     return Service(proc, port, err.name)
 
 
-@pytest.fixture
-def service_factory(agent, python, request):
-    """Start fixture services under `ms-service-metric exec`.  Teardown runs
-    `off` first (the agent must release live targets), then kills them."""
-    services = []
-
-    def start(under_exec=True, interpreter=None):
-        port = free_port()
-        py = interpreter or python
-        cmd = [py, str(SERVICE), "--port", str(port)]
-        if under_exec:
-            cmd = [agent.binary, "exec", "--"] + cmd
-        svc = start_service(cmd, agent.env())
-        services.append(svc)
-        return svc
-
-    yield start
+def release_services(agent, request, services):
+    """Fixture teardown: `off` first (the agent must release live targets), then stop the
+    services (their stderr printed when the test failed)."""
     try:
         agent.off()
     except subprocess.TimeoutExpired:
@@ -541,6 +527,26 @@ def service_factory(agent, python, request):
             os.unlink(svc.stderr_path)
         except OSError:
             pass
+
+
+@pytest.fixture
+def service_factory(agent, python, request):
+    """Start fixture services (default: Tests/fixtures/service.py) under
+    `ms-service-metric exec`; released by `release_services`."""
+    services = []
+
+    def start(under_exec=True, interpreter=None, script=SERVICE):
+        port = free_port()
+        py = interpreter or python
+        cmd = [py, str(script), "--port", str(port)]
+        if under_exec:
+            cmd = [agent.binary, "exec", "--"] + cmd
+        svc = start_service(cmd, agent.env())
+        services.append(svc)
+        return svc
+
+    yield start
+    release_services(agent, request, services)
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@ a function returns is timed (docs/config.md, "Timing a with block"), as Config/d
 does for vLLM's record_function_or_nullcontext. Target: Tests/fixtures/block_service.py."""
 
 import os
-import subprocess
 
 import pytest
 
-from conftest import FIXTURES, free_port, http_json, metric, start_service, wait_for
+from conftest import FIXTURES, http_json, metric, wait_for
 
 SCRIPT = FIXTURES / "block_service.py"
 
@@ -39,28 +38,14 @@ CONFIG = """\
 
 
 @pytest.fixture
-def block_service(agent, python, request, tmp_path):
+def block_service(service_factory, tmp_path):
     """The fixture under `ms-service-metric exec`, and the config file."""
     config = tmp_path / "block_symbols.yaml"
     config.write_text(CONFIG)
     os.chmod(str(tmp_path), 0o755)
-    port = free_port()
-    svc = start_service([agent.binary, "exec", "--", python, str(SCRIPT), "--port", str(port)],
-                        agent.env())
+    svc = service_factory(script=SCRIPT)
     svc.config = str(config)
-    yield svc
-    try:
-        agent.off()
-    except subprocess.TimeoutExpired:
-        agent.history.append("off timed out (service teardown)")
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print("==== fixture pid %d stderr ====\n%s" % (svc.pid, svc.stderr()[-4000:]))
-    svc.stop()
-    try:
-        os.unlink(svc.stderr_path)
-    except OSError:
-        pass
+    return svc
 
 
 def test_block_duration_not_factory_call(agent, block_service):

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (DEBIAN_PYTHON, FIXTURES, PYENV_PYTHON, SERVICE, SYMBOLS, Scrape, free_port,
+                      release_services,
                       AIO_CALLS, AsyncioClient, diff, fixtures_outside_tmp, interpreter_id, metric,
                       restorable, start_service, wait_for)
 
@@ -143,19 +144,7 @@ def plain(agent, request):
         return PlainService(svc)
 
     yield start
-    try:
-        agent.off()
-    except subprocess.TimeoutExpired:
-        agent.history.append("off timed out (plain service teardown)")
-    rep = getattr(request.node, "rep_call", None)
-    for svc in started:
-        if rep is not None and rep.failed:
-            print("==== target pid %d stderr ====\n%s" % (svc.pid, svc.stderr()[-4000:]))
-        svc.stop()
-        try:
-            os.unlink(svc.stderr_path)
-        except OSError:
-            pass
+    release_services(agent, request, started)
 
 
 def assert_clean_stderr(svc):
