@@ -447,16 +447,23 @@ public actor Agent {
     /// A provider whose library is mapped but that never answers (an earlier injected
     /// provider retires its thread on `off`) is started again by injecting the bootstrap.
     private func reviveSilentProvider(_ pid: Int32) async {
+        let now = ContinuousClock.now
+        // Runs on every scan for every attached target: the cheap checks first (`false` is the
+        // most permissive answer about the provider thread), the thread list (a comm read per
+        // thread) only for a target that has acknowledged nothing.
         guard !busy.contains(pid), let known = targets[pid], known.state == .attached,
-              known.acquisition.isRevivalDue(
-                  attachedAt: known.attachedAt, now: .now,
-                  providerThread: ProcessTable.hasThread(pid, named: MSM_PROVIDER_THREAD_NAME)) else { return }
+              known.acquisition.isRevivalDue(attachedAt: known.attachedAt, now: now, providerThread: false)
+        else { return }
         // Claimed before the first suspension: `on` and the service loop scan concurrently,
         // and both must not inject into the same process (the second saw the first's ptrace).
         busy.insert(pid)
         defer { busy.remove(pid) }
         if (await aggregator.acknowledgedGenerations()[pid] ?? 0) > 0 { return }
-        guard var target = targets[pid], target.state == .attached, target.acquisition.reviveOnce() else { return }
+        guard var target = targets[pid], target.state == .attached,
+              target.acquisition.isRevivalDue(
+                  attachedAt: target.attachedAt, now: now,
+                  providerThread: ProcessTable.hasThread(pid, named: MSM_PROVIDER_THREAD_NAME)),
+              target.acquisition.reviveOnce() else { return }
         targets[pid] = target
         guard let facts = ProcessTable.facts(pid) else { return }
         _ = await injectProvider(into: facts, target: &target)

@@ -102,6 +102,7 @@ struct ProviderAcquisition: Sendable, Equatable {
     /// - `providerThread` true: never (a live provider answers by itself);
     /// - otherwise (unknown, or injected here and its thread maybe not started yet): once
     ///   attached more than `reviveGrace` ago.
+    /// `false` is the most permissive answer: what is not due with it is not due at all.
     func isRevivalDue(attachedAt: ContinuousClock.Instant?, now: ContinuousClock.Instant,
                       providerThread: Bool? = nil) -> Bool {
         guard !revived, let attachedAt, providerThread != true else { return false }
