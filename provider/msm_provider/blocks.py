@@ -203,7 +203,6 @@ class BlockScope:
         ns = dict(self.ns)
         exec(compile(src, "<msm block proxy>", "exec", dont_inherit=True), ns)
         cls = ns["BlockProxy"]
-        cls.__qualname__ = cls.__name__ = "BlockProxy"
         self._classes[key] = cls
         return cls
 
