@@ -763,7 +763,8 @@ def test_inject_threads_blocked_in_futex_and_read(agent, tmp_path, interpreter, 
     p = subprocess.Popen([interpreter, str(BLOCKED_WAITS), str(ctl), mode], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=plain_env(), text=True)
     lines = []
-    threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True).start()
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
+    reader.start()
     ctl_fd = None
 
     def send(cmd, expect):
@@ -804,9 +805,10 @@ def test_inject_threads_blocked_in_futex_and_read(agent, tmp_path, interpreter, 
             "GOT a1\n", "READ d1\n", "GOT a2\n", "READ d2\n", "GOT a3\n", "READ d3\n"], lines
         os.kill(p.pid, signal.SIGTERM)
         assert p.wait(timeout=10) == 0
+        reader.join(timeout=5)  # the process has exited: its last line may still be in the pipe
         err = p.stderr.read()
         assert "Traceback" not in err and "Fatal" not in err, err
-        assert "TERM\n" in lines
+        assert "TERM\n" in lines, lines
     finally:
         if ctl_fd is not None:
             os.close(ctl_fd)
