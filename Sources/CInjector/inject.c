@@ -487,6 +487,25 @@ static int wake_event_waiters(struct ctx *c) {
     return woken;
 }
 
+/// True when thread tid of pid is gone or exiting (its /proc status is gone or says Z or X)
+/// within 200 ms. PTRACE_SEIZE answers EPERM for a thread whose exit has begun (the kernel
+/// refuses a task with exit_state set), e.g. a per-request thread of a busy server finishing
+/// just as we scan: such a thread is skipped, it runs no more Python code.
+static int thread_is_exiting(pid_t pid, pid_t tid) {
+    char path[96], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tid);
+    for (int k = 0; k < 40; k++) {
+        if (read_text(path, buf, sizeof buf) < 0) return 1;
+        const char *st = strstr(buf, "\nState:");
+        if (!st) return 1;
+        st += 7;
+        while (*st == ' ' || *st == '\t') st++;
+        if (*st == 'Z' || *st == 'X') return 1;
+        usleep(5000);
+    }
+    return 0;
+}
+
 /// Seizes every thread of pid (re-scanning /proc/PID/task until no new one appears).
 static int seize_all(struct ctx *c, struct msm_inject_result *r) {
     long opts = PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC;
@@ -508,6 +527,7 @@ static int seize_all(struct ctx *c, struct msm_inject_result *r) {
             }
             int err = errno;
             if (err == ESRCH) continue;  // exited meanwhile
+            if (err == EPERM && tid != c->pid && thread_is_exiting(c->pid, tid)) continue;  // exiting
             char st[96];
             snprintf(st, sizeof st, "/proc/%d/task/%d/status", c->pid, tid);
             long tracer = tracer_of(st);

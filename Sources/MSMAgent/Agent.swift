@@ -435,8 +435,7 @@ public actor Agent {
             }
             target.state = .error
             target.detail = message
-            let retryable = code == Int32(MSM_INJECT_TIMEOUT.rawValue) || code == Int32(MSM_INJECT_ALREADY_TRACED.rawValue)
-                || code == Int32(MSM_INJECT_PTRACE_ERROR.rawValue)
+            let retryable = ProviderAcquisition.isRetryable(injectionCode: code)
             // Retried on ProviderAcquisition's schedule (after 1 s, then every 5 s for 5 minutes, then every minute).
             target.acquisition.finish(.failed(retryable: retryable), now: .now)
             logger.warning("cannot inject the provider", metadata: ["pid": "\(pid)", "error": "\(message)"])

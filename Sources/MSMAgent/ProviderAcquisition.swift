@@ -1,3 +1,4 @@
+import CInjector
 import Foundation
 import MSMCore
 
@@ -6,7 +7,7 @@ import MSMCore
 /// but never answers is revived once. Pure: the agent runs the injections and passes `now`.
 ///
 /// Retry schedule after a retryable failure (no safe point in time, another tracer, a ptrace
-/// error): 1 s after the first (a busy server that missed one 3 s window usually has a safe
+/// error, a thread that could not be attached): 1 s after the first (a busy server that missed one 3 s window usually has a safe
 /// point moments later, and `on` waits that long for a pid it was given), then every 5 s up
 /// to the 60th attempt (about 5 minutes), then every minute. A process
 /// with no safe point now (idle, blocked in a lock wait) usually gets one as soon as work
@@ -85,6 +86,14 @@ struct ProviderAcquisition: Sendable, Equatable {
         if case let .failed(retryable) = outcome {
             retryAt = now + Self.retryDelay(attempts: attempts, retryable: retryable)
         }
+    }
+
+    /// True for an injection failure that a later try may not meet: no safe point in time,
+    /// another tracer, a ptrace error midway, or a thread that could not be attached (usually
+    /// one being torn down at that moment).
+    static func isRetryable(injectionCode code: Int32) -> Bool {
+        [MSM_INJECT_TIMEOUT, MSM_INJECT_ALREADY_TRACED, MSM_INJECT_PTRACE_ERROR, MSM_INJECT_ATTACH_FAILED]
+            .contains { code == Int32($0.rawValue) }
     }
 
     /// Delay before the next try after `attempts` finished injections, the last one failed.

@@ -1,3 +1,4 @@
+import CInjector
 import XCTest
 import MSMCore
 @testable import MSMAgent
@@ -85,6 +86,16 @@ final class ProviderAcquisitionTests: XCTestCase {
         acquisition.finish(.failed(retryable: false), now: start)
         XCTAssertEqual(acquisition.retryAt, start + .seconds(3600))
         XCTAssertFalse(acquisition.isDue(now: start + .seconds(3599)))
+    }
+
+    func testTransientInjectionFailuresAreRetryable() {
+        for code in [MSM_INJECT_TIMEOUT, MSM_INJECT_ALREADY_TRACED, MSM_INJECT_PTRACE_ERROR, MSM_INJECT_ATTACH_FAILED] {
+            XCTAssertTrue(ProviderAcquisition.isRetryable(injectionCode: Int32(code.rawValue)), "\(code)")
+        }
+        for code in [MSM_INJECT_NOT_CPYTHON, MSM_INJECT_UNSUPPORTED_VERSION, MSM_INJECT_FREE_THREADED,
+                     MSM_INJECT_PTRACE_DISABLED, MSM_INJECT_PYTHON_ERROR, MSM_INJECT_REMOTE_DEBUG_DISABLED] {
+            XCTAssertFalse(ProviderAcquisition.isRetryable(injectionCode: Int32(code.rawValue)), "\(code)")
+        }
     }
 
     func testNotATargetCountsAsAttemptWithoutSchedule() {
