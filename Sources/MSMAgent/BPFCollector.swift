@@ -109,11 +109,13 @@ public final class BPFCollector: @unchecked Sendable {
             truncated: values[Int(MSM_STAT_TRUNCATED.rawValue)], readErrors: values[Int(MSM_STAT_READ_ERRORS.rawValue)])
     }
 
-    /// Starts a thread that drains the ring buffer every `interval` and hands each record's
-    /// bytes to `sink`. The BPF program writes without wakeups (a wakeup per record costs the
-    /// target ~1.3 µs more per call), so the reader polls on a timer instead of epoll.
-    public func startReading(interval: Duration = .milliseconds(5), sink: RingBufferSink) throws -> RingBufferReader {
-        try RingBufferReader(mapFD: eventsFD, interval: interval, sink: sink)
+    /// Starts a thread that drains the ring buffer every `interval` while records arrive (up
+    /// to `idleInterval` apart when none do) and hands each record's bytes to `sink`. The BPF
+    /// program writes without wakeups (a wakeup per record costs the target ~1.3 µs more per
+    /// call), so the reader polls on a timer instead of epoll.
+    public func startReading(interval: Duration = .milliseconds(5), idleInterval: Duration = .milliseconds(50),
+                             sink: RingBufferSink) throws -> RingBufferReader {
+        try RingBufferReader(mapFD: eventsFD, interval: interval, idleInterval: idleInterval, sink: sink)
     }
 }
 
