@@ -28,6 +28,22 @@ final class ProcFormatsTests: XCTestCase {
         XCTAssertNil(StatLine(parsing: "77 (truncated) S 1"))
     }
 
+    func testMalformedStatFieldsAreRejected() {
+        XCTAssertNil(StatLine(parsing: statLine(comm: "x", state: "SS")))
+        XCTAssertNil(StatLine(parsing: "77 (x) S -1 77 77 0 -1 4194304 10 0 0 0 1 2 0 0 20 0 3 0 4242 1000\n"))
+        XCTAssertNil(StatLine(parsing: "77 (x) S 1 77 77 0 -1 4194304 10 0 0 0 1 2 0 0 20 0 3 0 99999999999999999999999 1\n"))
+        XCTAssertNil(StatLine(parsing: "77 (x) S 4294967296 77 77 0 -1 4194304 10 0 0 0 1 2 0 0 20 0 3 0 4242 1000\n"))
+        XCTAssertNil(StatLine(parsing: "no parentheses S 1"))
+    }
+
+    func testStatLineWithoutTrailingNewlineAndNonASCIIComm() throws {
+        let line = try XCTUnwrap(StatLine(parsing: "9 (bücher ✓) R 3 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 12345 1"))
+        XCTAssertEqual(line.comm, "bücher ✓")
+        XCTAssertEqual(line.state, "R")
+        XCTAssertEqual(line.parent, 3)
+        XCTAssertEqual(line.startTime, 12345)
+    }
+
     func testMapsWithProviderAndPython() {
         let maps = """
         55d0c0000000-55d0c0001000 r--p 00000000 08:01 1234 /root/.pyenv/versions/3.11.7/bin/python3.11
