@@ -328,16 +328,11 @@ public actor Agent {
         let pid = facts.pid
         var library = await runOnDedicatedThread(named: "msm-attach") { ProcessTable.providerLibrary(of: pid) }
         if library == nil {
-            guard await injectProvider(into: facts, target: &target) else {
-                if ignored[facts.pid] != facts.startTime { targets[facts.pid] = target }
-                return
-            }
-            library = await runOnDedicatedThread(named: "msm-attach") { ProcessTable.providerLibrary(of: pid) }
+            // The injection reports the library it saw mapped: no second maps read.
+            library = await injectProvider(into: facts, target: &target)
         }
         guard let library else {
-            target.state = .noProvider
-            target.detail = "the provider did not load"
-            targets[facts.pid] = target
+            if ignored[facts.pid] != facts.startTime { targets[facts.pid] = target }
             return
         }
         // The path as the target sees it, reached through its root: the right inode even in
@@ -381,15 +376,16 @@ public actor Agent {
     }
 
     /// Gets the provider into a CPython process that does not carry it (ptrace injection at
-    /// a safe point). Returns true when the provider's library is now mapped. Processes that
-    /// are not CPython are remembered and skipped, unless they were named with --pid.
-    private func injectProvider(into facts: ProcessFacts, target: inout Target) async -> Bool {
+    /// a safe point). Returns the provider library's path (as the target sees it) when it is
+    /// now mapped. Processes that are not CPython are remembered and skipped, unless they were
+    /// named with --pid.
+    private func injectProvider(into facts: ProcessFacts, target: inout Target) async -> String? {
         guard !ProviderAcquisition.isStarting(ageSeconds: ProcessTable.ageSeconds(facts)) else {
             // A process that is still starting has no interpreter ready yet: next scan.
             target.state = .noProvider
             target.detail = "starting; provider injection pending"
             target.acquisition.awaitStartup(now: .now)
-            return false
+            return nil
         }
         let pid = facts.pid
         // 3 s for a first try, longer for retries: a busy server (CPUs saturated) may need
@@ -424,14 +420,18 @@ public actor Agent {
             }
             logger.info("provider injected", metadata: ["pid": "\(pid)", "python": "\(report.pythonVersion)",
                                                         "ms": "\(report.totalMilliseconds)"])
-            return ProcessTable.providerLibrary(of: pid) != nil
+            if report.providerLibrary == nil {
+                target.state = .noProvider  // looked at again on the next scan
+                target.detail = "injected, but the provider library was not mapped within 3 s (see the target's stderr)"
+            }
+            return report.providerLibrary
         case let .failed(code, message):
             let isRoot = roots.contains(pid)
             if !isRoot, code == Int32(MSM_INJECT_NOT_CPYTHON.rawValue) || code == Int32(MSM_INJECT_NO_PROCESS.rawValue) {
                 target.acquisition.finish(.notATarget, now: .now)
                 ignored[pid] = facts.startTime  // not a Python process: not a target
                 targets[pid] = nil
-                return false
+                return nil
             }
             target.state = .error
             target.detail = message
@@ -439,7 +439,7 @@ public actor Agent {
             // Retried on ProviderAcquisition's schedule (after 1 s, then every 5 s for 5 minutes, then every minute).
             target.acquisition.finish(.failed(retryable: retryable), now: .now)
             logger.warning("cannot inject the provider", metadata: ["pid": "\(pid)", "error": "\(message)"])
-            return false
+            return nil
         }
     }
 

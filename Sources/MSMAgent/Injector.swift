@@ -33,6 +33,8 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
     public let totalMilliseconds: Double
     /// Set by `injectProvider`: the provider's native library is mapped in the target.
     public var providerLoaded: Bool?
+    /// Set by `injectProvider`: the mapped library's path as the target sees it.
+    public var providerLibrary: String?
     /// Set by `injectProvider`: how the provider files reached the target.
     public var placement: String?
 
@@ -139,13 +141,14 @@ public enum Injector {
         }
         report.placement = placement.rawValue
         let deadline = ContinuousClock.now + loadTimeout
-        var loaded = providerMapped(pid: pid)
-        while !loaded && ContinuousClock.now < deadline {
+        var library = ProcessTable.providerLibrary(of: pid)
+        while library == nil && ContinuousClock.now < deadline {
             usleep(10_000)
-            loaded = providerMapped(pid: pid)
+            library = ProcessTable.providerLibrary(of: pid)
         }
-        report.providerLoaded = loaded
-        if loaded, let script {  // read by now; a pending request keeps its file
+        report.providerLibrary = library
+        report.providerLoaded = library != nil
+        if library != nil, let script {  // read by now; a pending request keeps its file
             removeBootScript(script, pid: pid)
         }
         return report
@@ -228,12 +231,6 @@ public enum Injector {
     private static func milliseconds(_ timeout: Duration) -> Int64 {
         let parts = timeout.components
         return max(1, min(Int64(Int32.max), parts.seconds * 1000 + parts.attoseconds / 1_000_000_000_000_000))
-    }
-
-    /// Is the provider's native library (`_msm_probe.abi3.so`) mapped in pid?
-    public static func providerMapped(pid: Int32) -> Bool {
-        guard let maps = readProcFile("/proc/\(pid)/maps") else { return false }
-        return maps.contains("/_msm_probe.abi3.so")
     }
 
     /// The Python source the injection runs: ONE expression statement that binds no name in
