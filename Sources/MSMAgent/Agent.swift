@@ -117,13 +117,16 @@ public actor Agent {
         let wanted = pids.isEmpty ? nil : Set(pids)
         await scan()
         // Injections run concurrently (and a process younger than a second is injected once
-        // its interpreter is up): wait for them before judging which targets are live.
+        // its interpreter is up): wait for them before judging which targets are live. A
+        // process the service loop's scan is attaching has no entry in `targets` until its
+        // maps are read: it is waited for through `busy`.
         let settleBy = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
-        while ContinuousClock.now < settleBy, targets.values.contains(where: { target in
-            target.acquisition.isSettling(state: target.state, busy: busy.contains(target.pid),
-                                          named: wanted?.contains(target.pid) == true, deadline: settleBy)
-                && isWithin(target.pid, wanted)
-        }) {
+        while ContinuousClock.now < settleBy, busy.contains(where: { isWithin($0, wanted) })
+            || targets.values.contains(where: { target in
+                target.acquisition.isSettling(state: target.state, busy: false,
+                                              named: wanted?.contains(target.pid) == true, deadline: settleBy)
+                    && isWithin(target.pid, wanted)
+            }) {
             try? await Task.sleep(for: .milliseconds(50))
             await scan()
         }
