@@ -527,7 +527,6 @@ static int seize_all(struct ctx *c, struct msm_inject_result *r) {
             }
             int err = errno;
             if (err == ESRCH) continue;  // exited meanwhile
-            if (err == EPERM && tid != c->pid && thread_is_exiting(c->pid, tid)) continue;  // exiting
             char st[96];
             snprintf(st, sizeof st, "/proc/%d/task/%d/status", c->pid, tid);
             long tracer = tracer_of(st);
@@ -536,6 +535,7 @@ static int seize_all(struct ctx *c, struct msm_inject_result *r) {
                 added++;
                 continue;
             }
+            if (err == EPERM && tracer <= 0 && tid != c->pid && thread_is_exiting(c->pid, tid)) continue;
             closedir(d);
             if (tracer > 0)
                 return fail(r, MSM_INJECT_ALREADY_TRACED,
