@@ -576,7 +576,9 @@ public actor Agent {
         }
     }
 
-    static func loadConfig(_ source: ConfigSource, defaultText: String) throws -> SymbolConfig {
+    /// The config of `source`; a file's reference-tool handlers are mapped onto the built-in
+    /// entries (`defaultText`). Used by the agent and by `check-config`.
+    public static func loadConfig(_ source: ConfigSource, defaultText: String) throws -> SymbolConfig {
         switch source {
         case let .file(path):
             // A reference-tool config's own handlers map onto the built-in metrics.

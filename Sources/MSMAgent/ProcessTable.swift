@@ -78,7 +78,6 @@ public enum ProcessTable {
         (readProcFile("/proc/\(pid)/comm") ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// The numeric entries of /proc.
     /// Whether one of the process's threads is called `name` (its comm, as set with
     /// prctl(PR_SET_NAME)); nil when its task list cannot be read (gone, or no permission).
     public static func hasThread(_ pid: Int32, named name: String) -> Bool? {
@@ -95,6 +94,7 @@ public enum ProcessTable {
         return false
     }
 
+    /// The numeric entries of /proc.
     public static func allPids() -> [Int32] {
         guard let dir = opendir("/proc") else { return [] }
         defer { closedir(dir) }

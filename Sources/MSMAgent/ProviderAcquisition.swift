@@ -7,8 +7,9 @@ import MSMCore
 /// but never answers is revived once. Pure: the agent runs the injections and passes `now`.
 ///
 /// Retry schedule after a retryable failure (no safe point in time, another tracer, a ptrace
-/// error, a thread that could not be attached): 1 s after the first (a busy server that missed one 3 s window usually has a safe
-/// point moments later, and `on` waits that long for a pid it was given), then every 5 s up
+/// error, a thread that could not be attached): 1 s after the first (a busy server that
+/// missed one 3 s window usually has a safe point moments later, and `on` waits that long for
+/// a pid it was given), then every 5 s up
 /// to the 60th attempt (about 5 minutes), then every minute. A process
 /// with no safe point now (idle, blocked in a lock wait) usually gets one as soon as work
 /// arrives. Any other failure is retried after an hour.
@@ -88,7 +89,7 @@ struct ProviderAcquisition: Sendable, Equatable {
         }
     }
 
-    /// True for an injection failure that a later try may not meet: no safe point in time,
+    /// True for an injection failure a later try may well not hit again: no safe point in time,
     /// another tracer, a ptrace error midway, or a thread that could not be attached (usually
     /// one being torn down at that moment).
     static func isRetryable(injectionCode code: Int32) -> Bool {

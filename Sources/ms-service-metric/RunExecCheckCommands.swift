@@ -64,9 +64,7 @@ struct CheckConfig: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let config = ReferenceHandlerMapping.apply(
-                to: try ConfigParser.load(path: file),
-                builtIns: try ConfigParser.parse(yaml: Artifacts.defaultConfig, file: ConfigSource.builtInName))
+            let config = try Agent.loadConfig(.file(file), defaultText: Artifacts.defaultConfig)
             let metrics = config.entries.reduce(0) { $0 + $1.metrics.count }
             for warning in config.warnings { printErr("warning: \(warning)") }
             print("\(file): OK (\(config.entries.count) symbols, \(metrics) metrics)")
