@@ -7,14 +7,62 @@ function parameter with one of those names wins). Names are therefore fast
 locals: no namespace dict is built per call.
 
 Allowed: literals, names (parameters, ``ret``, ``duration`` seconds, ``exc``,
-``self`` when it is a parameter), attribute access (no dunder attributes),
-subscripts and slices, arithmetic, comparisons, boolean operators,
-conditional expressions, tuples/lists/sets/dicts, f-strings, list/set
-comprehensions and generator expressions, calls of the whitelisted builtins
-below and method calls on values (``self.block_pool.get_num_free_blocks()``;
-the control file is root-owned, so the config author is trusted as much as
-root). Everything else (lambda, walrus, await, yield, imports, dunder access,
-calls of anything else) is rejected when the config is applied.
+``self`` when it is a parameter), attribute access (no dunder attributes and
+none of the refused attributes below), subscripts and slices, arithmetic,
+comparisons, boolean operators, conditional expressions,
+tuples/lists/sets/dicts, f-strings, list/set comprehensions and generator
+expressions, calls of the whitelisted builtins below and method calls on
+values (``self.block_pool.get_num_free_blocks()``; the control file is
+root-owned, so the config author is trusted as much as root). Everything else
+(lambda, walrus, await, yield, imports, dunder access, calls of anything else)
+is rejected when the config is applied.
+
+Refused attributes. The dunder rule alone can be walked around: some
+attributes reach dunders, or the interpreter's internals, by a route the
+check cannot see in the expression's text. Every ``ast.Attribute`` (called or
+not, anywhere in the expression, f-string fields and nested format specs
+included) is checked by name against :data:`REFUSED_ATTRIBUTES`, whatever
+object it is read from (the check is static; it cannot know types):
+
+* ``format``, ``format_map`` (str), ``vformat``, ``get_field``
+  (string.Formatter): replacement fields name attributes in a string,
+  ``'{0.__class__.__mro__}'.format(ret)``, ``'{.__globals__}'.format(f)``.
+  Use an f-string: its fields are expressions and are checked like the rest.
+  Refused even when not called: ``max(xs, key='{0.__class__}'.format)`` has
+  ``max`` call it. (A data attribute named ``format`` cannot be read either.)
+* ``getattr``, ``setattr``, ``delattr``, ``hasattr``, ``getattr_static``,
+  ``attrgetter``, ``methodcaller``: attribute names given as strings, e.g.
+  ``ret.operator.attrgetter('__class__')`` reached through a module an object
+  refers to.
+* ``eval``, ``exec``, ``compile``, ``globals``, ``locals``, ``vars``,
+  ``breakpoint``: namespaces and code execution, the builtins the subset does
+  not allow by name, reached through a module (``ret.builtins.eval``).
+* Interpreter internals: every attribute of frames (``f_back``,
+  ``f_globals``, ``f_locals``, ``f_builtins``, ``f_code`` ...), tracebacks
+  (``tb_frame``, ``tb_next`` ...), code objects (``co_consts``, ``co_code``
+  ...), generators (``gi_frame``, ``gi_code``, ``gi_yieldfrom`` ...),
+  coroutines (``cr_frame``, ``cr_await`` ...) and async generators
+  (``ag_frame`` ...) that carries its type's prefix: the names listed in
+  :data:`INTERNAL_ATTRIBUTES` plus whatever names with those prefixes the
+  running interpreter's types have; Python 2's ``func_*``/``im_*`` function
+  and method names (``func_globals`` ...); ``cell_contents``; ``mro``
+  (``str.mro()[-1]`` is ``object``); and the functions returning frames:
+  ``_getframe``, ``_current_frames``, ``_current_exceptions``, ``exc_info``,
+  ``currentframe``. Exact names, not prefixes: ``self.f_max`` or
+  ``self.tb_size`` (real vLLM attributes) are fine.
+
+Checked and left allowed: nested format specs (``f'{x:{w}.{p}f}'``: the
+inner fields are expressions checked like any other, and the builtin types'
+format specs look nothing up); ``%`` formatting (mapping keys only);
+``str.maketrans`` (returns a dict of code points); identifiers spelled with
+other Unicode characters (the parser NFKC-normalises them: a mathematical
+bold small c in ``__class__`` is seen as a plain ``c``).
+
+What this does not do: it is not a sandbox against a hostile config author.
+Method calls on values are allowed by design, and a module an object refers
+to exposes its functions (``ret.np.load``); methods may also mutate the
+target's objects. The check stops mistakes and the known introspection
+routes; the control file's ownership check keeps the author root.
 
 Labelled results: when a metric's value expression returns a dict, each
 entry is one sample and the label expressions are evaluated once per entry
@@ -26,9 +74,10 @@ probed function called ``key`` keeps working everywhere else.
 """
 
 import ast
+import types
 
 __all__ = ["ExprError", "SPECIAL_NAMES", "ALLOWED_FUNCTIONS", "KEY_NAME", "compile_expr",
-           "compile_tuple", "key_parameter"]
+           "compile_tuple", "key_parameter", "REFUSED_ATTRIBUTES", "INTERNAL_ATTRIBUTES"]
 
 SPECIAL_NAMES = ("ret", "duration", "exc")
 
@@ -43,6 +92,64 @@ ALLOWED_FUNCTIONS = {
 }
 
 MAX_EXPR_LENGTH = 2000
+# Deepest AST nesting accepted (the built-in config needs 17); deeper trees would exhaust
+# the recursion limit of the checker and the compiler (e.g. 1990 unary minus signs).
+MAX_EXPR_DEPTH = 100
+
+# Refused attribute names (module docstring, "Refused attributes"), by reason.
+FORMAT_ATTRIBUTES = frozenset(("format", "format_map", "vformat", "get_field"))
+LOOKUP_ATTRIBUTES = frozenset(("getattr", "setattr", "delattr", "hasattr", "getattr_static",
+                               "attrgetter", "methodcaller"))
+NAMESPACE_ATTRIBUTES = frozenset(("eval", "exec", "compile", "globals", "locals", "vars",
+                                  "breakpoint"))
+# Frame, traceback, code, generator, coroutine and async generator attributes (CPython
+# 3.10-3.14), Python 2 function/method names, closure cells, the class hierarchy, and
+# the functions that return frames. _internal_attributes() adds the running
+# interpreter's own names with these prefixes.
+INTERNAL_ATTRIBUTES = frozenset((
+    "f_back", "f_builtins", "f_code", "f_generator", "f_globals", "f_lasti", "f_lineno",
+    "f_locals", "f_trace", "f_trace_lines", "f_trace_opcodes",
+    "tb_frame", "tb_lasti", "tb_lineno", "tb_next",
+    "co_argcount", "co_branches", "co_cellvars", "co_code", "co_consts", "co_exceptiontable",
+    "co_filename", "co_firstlineno", "co_flags", "co_freevars", "co_kwonlyargcount",
+    "co_lines", "co_linetable", "co_lnotab", "co_name", "co_names", "co_nlocals",
+    "co_positions", "co_posonlyargcount", "co_qualname", "co_stacksize", "co_varnames",
+    "gi_code", "gi_frame", "gi_running", "gi_suspended", "gi_yieldfrom",
+    "cr_await", "cr_code", "cr_frame", "cr_origin", "cr_running", "cr_suspended",
+    "ag_await", "ag_code", "ag_frame", "ag_running", "ag_suspended",
+    "func_closure", "func_code", "func_defaults", "func_dict", "func_doc", "func_globals",
+    "func_name", "im_class", "im_func", "im_self",
+    "cell_contents", "mro",
+    "_getframe", "_current_frames", "_current_exceptions", "exc_info", "currentframe",
+))
+
+
+def _internal_attributes():
+    names = set(INTERNAL_ATTRIBUTES)
+    for typ, prefix in ((types.FrameType, "f_"), (types.TracebackType, "tb_"),
+                        (types.CodeType, "co_"), (types.GeneratorType, "gi_"),
+                        (types.CoroutineType, "cr_"), (types.AsyncGeneratorType, "ag_")):
+        names.update(n for n in dir(typ) if n.startswith(prefix))
+    return frozenset(names)
+
+
+_INTERNAL = _internal_attributes()
+REFUSED_ATTRIBUTES = FORMAT_ATTRIBUTES | LOOKUP_ATTRIBUTES | NAMESPACE_ATTRIBUTES | _INTERNAL
+
+
+def _refused_attribute(name):
+    """Why attribute ``name`` is refused, or None."""
+    if name not in REFUSED_ATTRIBUTES:
+        return None
+    if name in FORMAT_ATTRIBUTES:
+        return ("str.format, format_map and string.Formatter look up the attributes named in "
+                "the string ('{0.__class__}'); use an f-string instead, e.g. f'{x}-{y}'")
+    if name in LOOKUP_ATTRIBUTES:
+        return "it looks up attribute names given as strings, which the check cannot see"
+    if name in NAMESPACE_ATTRIBUTES:
+        return "it reaches a namespace or runs code"
+    return ("it reaches interpreter internals (frames, code, tracebacks, generator and "
+            "coroutine state, the class hierarchy)")
 
 
 class ExprError(ValueError):
@@ -91,6 +198,9 @@ class _Checker(ast.NodeVisitor):
     def visit_Attribute(self, node):
         if node.attr.startswith("__"):
             raise ExprError("dunder attribute %r is not allowed" % node.attr)
+        why = _refused_attribute(node.attr)
+        if why is not None:
+            raise ExprError("attribute %r is not allowed: %s" % (node.attr, why))
         self.generic_visit(node)
 
     def visit_Call(self, node):
@@ -166,9 +276,30 @@ def _parse(text, filename):
     if len(text) > MAX_EXPR_LENGTH:
         raise ExprError("expression longer than %d characters" % MAX_EXPR_LENGTH)
     try:
-        return ast.parse(text.strip(), filename, "eval")
+        tree = ast.parse(text.strip(), filename, "eval")
     except SyntaxError as e:
         raise ExprError("syntax error: %s" % (e.msg,)) from None
+    except (ValueError, RecursionError, MemoryError) as e:
+        # a NUL character (ValueError before 3.12), nesting too deep for the parser
+        raise ExprError("cannot parse: %s" % (e,)) from None
+    if _depth(tree) > MAX_EXPR_DEPTH:
+        raise ExprError("expression nested more than %d levels deep" % MAX_EXPR_DEPTH)
+    return tree
+
+
+def _depth(tree):
+    """Nesting depth of an AST, without recursion."""
+    deepest = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        if d > deepest:
+            deepest = d
+            if d > MAX_EXPR_DEPTH:
+                break
+        for child in ast.iter_child_nodes(node):
+            stack.append((child, d + 1))
+    return deepest
 
 
 def _function(params, body, filename, name):
