@@ -9,12 +9,37 @@ as expression errors of the probe.
 Handlers of the reference tool (module ``ms_service_metric`` or below) are
 never imported: they are written against that tool's own registry, and the
 metrics they produce come from ms-service-metric's default config instead.
+
+Safe to import (:func:`check_module_source`), as sshd's StrictModes and sudo
+check what they read: the agent runs as root and the target may too, so a
+handler module that the target has not imported yet is imported only if
+nobody but root could have written what the import runs. For each level of
+the dotted name (``a``, ``a.b``, ``a.b.c``) that is not in ``sys.modules``,
+the module's spec is found (``importlib.util.find_spec``, which imports the
+parent: that parent has passed this check before) and these must be owned by
+root (uid 0) and not writable by group or others: the source or extension
+file, every directory from it up to ``/`` (symlinks on the way followed, each
+owned by root; a world-writable directory with the sticky bit, like ``/tmp``,
+is still refused), and the cached bytecode and its ``__pycache__`` directory
+when they exist. A level found nowhere is left to the import to report
+(ModuleNotFoundError). Built-in, frozen and namespace packages have no file
+to check. Modules already in ``sys.modules`` are the target's own code and are
+not checked. The check covers the files importing the handler's module runs
+directly, not the modules those import in turn. A refusal puts the probe in
+state ``error`` with a detail naming the file, its owner and mode.
 """
 
 import importlib
+import importlib.util
+import os
+import stat
+import sys
+
+from . import control as _control
 
 __all__ = ["Context", "Recorder", "load_handler", "is_reference_handler",
-           "reference_detail", "REFERENCE_STATE", "split_arguments"]
+           "reference_detail", "REFERENCE_STATE", "split_arguments", "check_module_source",
+           "UnsafeModuleError"]
 
 REFERENCE_PACKAGE = "ms_service_metric"
 REFERENCE_STATE = "builtin_handler_unavailable"
@@ -43,11 +68,156 @@ def reference_detail(path):
             "function. This entry's timers and metrics with expr are still recorded" % path)
 
 
+class UnsafeModuleError(ValueError):
+    """A module file (or a directory above it) could have been written by someone else than
+    root."""
+
+
+_MAX_SYMLINKS = 40
+
+
+def _trusted_uid():
+    return _control.TRUSTED_UID
+
+
+def _owner_name(uid):
+    return "root" if uid == 0 else "uid %d" % uid
+
+
+def _problem(path, st, kind):
+    """Why ``path`` (lstat/stat result ``st``) is not trusted, or None."""
+    trusted = _trusted_uid()
+    bad_owner = st.st_uid != trusted
+    # a symlink's own mode means nothing
+    bad_mode = not stat.S_ISLNK(st.st_mode) and bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    if not bad_owner and not bad_mode:
+        return None
+    what = []
+    if bad_owner:
+        what.append("not owned by %s" % _owner_name(trusted))
+    if bad_mode:
+        what.append("writable by %s" % " and ".join(
+            w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
+            if st.st_mode & bit))
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+            what[-1] += " (sticky bit or not)"
+    return "%s %s (owner %s, mode %04o) is %s" % (
+        kind, path, _owner_name(st.st_uid), stat.S_IMODE(st.st_mode), " and is ".join(what))
+
+
+def _check_path(path, problems):
+    """Check every directory from / down to ``path``, every symlink followed on the way
+    (resolved hop by hop) and ``path`` itself; append what is wrong to ``problems``."""
+    pending = [c for c in os.path.abspath(path).split("/") if c]
+    cur = "/"
+    _check_entry(cur, os.stat(cur), "directory", problems)
+    hops = 0
+    while pending:
+        comp = pending.pop(0)
+        if comp == ".":
+            continue
+        if comp == "..":
+            cur = os.path.dirname(cur) or "/"
+            continue
+        nxt = os.path.join(cur, comp)
+        st = os.lstat(nxt)
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise OSError("too many levels of symbolic links in %s" % path)
+            _check_entry(nxt, st, "symlink", problems)
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                cur = "/"
+            pending[:0] = [c for c in target.split("/") if c]
+            continue
+        if pending:
+            kind = "directory"
+        elif stat.S_ISREG(st.st_mode):
+            kind = "file"
+        elif stat.S_ISDIR(st.st_mode):
+            kind = "directory"
+        else:
+            problems.append("%s is not a regular file" % nxt)
+            return
+        _check_entry(nxt, st, kind, problems)
+        cur = nxt
+
+
+def _check_entry(path, st, kind, problems):
+    p = _problem(path, st, kind)
+    if p is not None and p not in problems:
+        problems.append(p)
+
+
+def _spec_files(spec):
+    """Paths whose contents (or whose directory's contents) importing ``spec`` runs."""
+    out = []
+    if not getattr(spec, "has_location", False) or spec.origin is None:
+        return out  # built-in, frozen, namespace package: nothing on disk to run
+    origin = spec.origin
+    if os.path.lexists(origin):
+        out.append(origin)
+    else:
+        archive = getattr(spec.loader, "archive", None)  # zipimport: origin is inside the zip
+        if isinstance(archive, str) and os.path.lexists(archive):
+            out.append(archive)
+        else:
+            raise UnsafeModuleError("cannot check %s: no such file" % origin)
+    cached = getattr(spec, "cached", None)
+    if isinstance(cached, str):
+        if os.path.lexists(cached):
+            out.append(cached)
+        elif os.path.isdir(os.path.dirname(cached)):
+            out.append(os.path.dirname(cached))  # bytecode someone could plant there later
+    return out
+
+
+def check_module_source(modname):
+    """Raise UnsafeModuleError unless every file importing ``modname`` would run is owned by
+    root and not writable by group or others, as is every directory above it (module
+    docstring). Parent packages not imported yet are checked, then imported, level by level."""
+    parts = modname.split(".")
+    for i in range(len(parts)):
+        name = ".".join(parts[:i + 1])
+        if name in sys.modules:
+            continue
+        if i:
+            importlib.import_module(".".join(parts[:i]))  # checked at the previous level
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return  # the import reports it
+        problems = []
+        for f in _spec_files(spec):
+            try:
+                _check_path(f, problems)
+            except OSError as e:
+                raise UnsafeModuleError("cannot check %s: %s" % (f, e.strerror or e)) from None
+        if problems:
+            problems.reverse()  # the file first, then the directories above it
+            who = _owner_name(_trusted_uid())
+            raise UnsafeModuleError(
+                "%s: chown %s and chmod go-w it, or move the module (a handler module the "
+                "target has not imported yet, and every directory above it, must be owned by "
+                "%s and not writable by group or others)%s"
+                % (problems[0], who.replace("uid ", ""), who,
+                   "; also: " + "; ".join(problems[1:]) if len(problems) > 1 else ""))
+        if spec.submodule_search_locations is None and i < len(parts) - 1:
+            return  # not a package: the import reports it
+
+
 def load_handler(path):
-    """Import the handler's module (in the target, at install time) and return the function."""
+    """Import the handler's module (in the target, at install time) and return the function.
+
+    A module not imported yet is imported only when it is safe (:func:`check_module_source`)."""
     modname, qual = split_path(path)
     try:
+        if modname not in sys.modules:
+            check_module_source(modname)
         obj = importlib.import_module(modname)
+    except UnsafeModuleError as e:
+        raise ValueError("handler %s: refusing to import module %s: %s" % (path, modname, e)) \
+            from None
     except Exception as e:
         raise ValueError("handler %s: cannot import module %s (%s: %s); is it on the target's "
                            "sys.path?" % (path, modname, type(e).__name__, e)) from None
