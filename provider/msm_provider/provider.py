@@ -673,7 +673,14 @@ class Provider:
             self._vllm_version = _control.target_vllm_version()
 
     def apply(self, doc):
-        """Apply one control document (a dict as in docs/protocol.md)."""
+        """Apply one control document (a dict as in docs/protocol.md). A document of the
+        wrong shape (control.validate_control) is refused with a warning and changes
+        nothing: the configuration applied last stays. Returns whether it was applied."""
+        try:
+            _control.validate_control(doc)
+        except _control.ControlError as e:
+            self._warn("refusing control document: %s" % e)
+            return False
         self._lazy_imports()
         with self._lock:
             self._resend = False
@@ -694,7 +701,7 @@ class Provider:
                 self._send({"type": "bye", "reason": "disabled" if abi == ABI_VERSION
                             else "unsupported abi %r" % (abi,)})
                 self._retire()
-                return
+                return True
             self._series.announce_all()
             specs = doc.get("probes") or []
             if not isinstance(specs, list):
@@ -714,6 +721,7 @@ class Provider:
             for p in self._probes:
                 self._send_probe(p)
             self._send_ack()
+            return True
 
     def _prepare(self, p):
         if not isinstance(p.id, int) or isinstance(p.id, bool) or p.id < 0:
