@@ -142,6 +142,8 @@ def target_entries():
                 {"name": "name", "expr": "name"},
                 {"name": "outcome", "expr": "'raised' if exc is not None else 'ok'"}]}]},
         {"symbol": "not_installed_pkg.mod:f", "metrics": [{"name": "x", "type": "timer"}]},
+        # a class: wrapped through the module attribute (its construction is timed)
+        {"symbol": t + ":Sched", "metrics": [{"name": "sched:new", "type": "timer"}]},
     ]
 
 
@@ -367,6 +369,7 @@ class Runtime:
         sys.modules[TARGET] = mod
         exec(compile(TARGET_SRC, "<%s>" % TARGET, "exec"), mod.__dict__)
         self.target = mod
+        self.sched_cls = mod.Sched  # the class itself, also when a probe wraps mod.Sched
         self.native = StubNative()
         # Handlers: only modules already imported (the target); never import what a
         # mutation names (the refusal is a normal error state of that probe).
@@ -383,11 +386,16 @@ class Runtime:
         self.generation = 1 << 40
 
     def snapshot(self):
+        """What a refused document must not change: the applied generation, probe states,
+        every module attribute (a class or other callable is wrapped by attribute) and
+        every function's code (patched in place)."""
         p = self.prov
-        t = self.target
+        attrs = tuple(sorted((k, id(v), getattr(v, "__code__", None))
+                             for k, v in vars(self.target).items() if not k.startswith("__")))
+        methods = tuple(sorted((k, id(v), getattr(v, "__code__", None))
+                               for k, v in vars(self.sched_cls).items()))
         return (p._applied_generation, p._instrumented,
-                tuple((q.id, q.state, q.detail) for q in p._probes),
-                t.plain.__code__, t.Sched.schedule.__code__, t.gen.__code__, t.block.__code__)
+                tuple((q.id, q.state, q.detail) for q in p._probes), attrs, methods)
 
     def exercise(self):
         """Call every target function as the target would: nothing may reach it."""
