@@ -24,8 +24,9 @@ let package = Package(
         .target(name: "CBPFShim", dependencies: ["CLibbpf", "CMSMABI"], path: "Sources/CBPFShim"),
         // POSIX calls Swift's Glibc module does not expose (SO_PEERCRED needs _GNU_SOURCE).
         .target(name: "CPosixShim", path: "Sources/CPosixShim"),
-        // ptrace injection of Python source into a running CPython 3.10-3.13 (x86-64).
-        .target(name: "CInjector", path: "Sources/CInjector"),
+        // ptrace injection of Python source into a running CPython 3.10-3.13 (x86-64), with its
+        // safe point as per-process uprobes (libbpf); the one ELF and /proc/PID/maps reader.
+        .target(name: "CInjector", dependencies: ["CLibbpf"], path: "Sources/CInjector"),
 
         // Builds bpf/*.bpf.c and the provider's native library with the toolchain's clang and
         // embeds them, with the provider's Python sources, into the agent binary.

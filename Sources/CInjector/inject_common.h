@@ -1,11 +1,11 @@
-// Small helpers shared by the ptrace injector (inject.c) and the PEP 768 path (pep768.c);
-// internal to CInjector.
+// Small helpers shared by the files of the injector; internal to CInjector.
 #ifndef MSM_INJECT_COMMON_H
 #define MSM_INJECT_COMMON_H
 
 #include "CInjector.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -26,5 +26,11 @@ static inline int fail(struct msm_inject_result *r, int code, const char *fmt, .
     r->error = code;
     return code;
 }
+
+/// A small /proc or /sys file into buf (NUL-terminated); its length, or -1.
+int read_text(const char *path, char *buf, size_t size);
+
+/// TracerPid of a process or thread status file; -1 when unreadable.
+long tracer_of(const char *status_path);
 
 #endif

@@ -370,10 +370,10 @@ public actor Agent {
     /// The marker probe and the arming probe (which raises the provider's semaphore) on the
     /// provider library at `path` (as the target maps it).
     private static func attachProbes(_ collector: BPFCollector, pid: Int32, path: String) throws -> UprobeLink {
-        let symbols = try ELFSymbolTable(path: path)
-        let marker = try symbols.symbol(named: "msm_emit")
-        let semaphore = try symbols.symbol(named: "msm_semaphore")
-        let arm = try? symbols.symbol(named: "msm_arm")
+        let symbols = try ELFSymbolTable(path: path, names: [MSM_MARKER_SYMBOL, MSM_SEMAPHORE_SYMBOL, MSM_ARM_SYMBOL])
+        let marker = try symbols.symbol(named: MSM_MARKER_SYMBOL)
+        let semaphore = try symbols.symbol(named: MSM_SEMAPHORE_SYMBOL)
+        let arm = try? symbols.symbol(named: MSM_ARM_SYMBOL)
         return try collector.attach(pid: pid, libraryPath: path, markerOffset: marker.fileOffset,
                                     armOffset: arm?.fileOffset, semaphoreOffset: semaphore.fileOffset)
     }

@@ -100,8 +100,25 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
 public struct InjectionError: Error, CustomStringConvertible {
     public let report: InjectionReport
     public var description: String { report.message }
-    /// Nothing was changed in the target (refusals, timeout before the safe point).
-    public var targetUntouched: Bool { report.pyRunResult == -2 }
+}
+
+/// Asks injections in progress to stop (the agent shutting down): the C injector reads the
+/// flag every 50 ms at most and stops as soon as that is safe (see msm_inject_options).
+public final class InjectionCancellation: @unchecked Sendable {
+    // Safe to share between threads: one aligned Int32 that only ever goes from 0 to 1
+    // (an atomic store here); the injector's thread only loads it.
+    let flag: UnsafeMutablePointer<Int32>
+
+    public init() {
+        flag = .allocate(capacity: 1)
+        flag.initialize(to: 0)
+    }
+
+    public func cancel() { msm_atomic_store_int(flag, 1) }
+
+    public var isCancelled: Bool { msm_atomic_load_int(flag) != 0 }
+
+    deinit { flag.deallocate() }
 }
 
 /// Live injection into an already running, unprepared CPython process: 3.10-3.13 with ptrace
@@ -110,9 +127,15 @@ public enum Injector {
     /// Runs `source` with PyRun_SimpleString in a thread of `pid` stopped at a safe point.
     /// Throws InjectionError (with the report) for every refusal and failure, including a
     /// Python exception in `source` (PyRun_SimpleString returned -1).
-    public static func inject(pid: Int32, source: String, timeout: Duration) throws -> InjectionReport {
+    public static func inject(pid: Int32, source: String, timeout: Duration,
+                              cancellation: InjectionCancellation? = nil) throws -> InjectionReport {
         var result = msm_inject_result()
-        _ = source.withCString { msm_inject_python(pid, $0, Int32(milliseconds(timeout)), &result) }
+        let object = Artifacts.injectBPFObject
+        object.withUnsafeBytes { bpf in
+            var options = msm_inject_options(bpf_object: bpf.baseAddress, bpf_object_len: bpf.count,
+                                             cancel: cancellation.map { UnsafePointer($0.flag) })
+            _ = source.withCString { msm_inject_python(pid, $0, Int32(milliseconds(timeout)), &options, &result) }
+        }
         let report = InjectionReport(pid: pid, result: result)
         guard report.succeeded else { throw InjectionError(report: report) }
         return report
@@ -121,7 +144,7 @@ public enum Injector {
     /// Installed provider → placed in the target's mount namespace if needed → injected;
     /// then waits (bounded) until the provider's native library is mapped in the target.
     public static func injectProvider(pid: Int32, providerDirectory: String, controlFile: String,
-                                      timeout: Duration,
+                                      timeout: Duration, cancellation: InjectionCancellation? = nil,
                                       loadTimeout: Duration = .seconds(3)) throws -> InjectionReport {
         var check = msm_inject_result()
         msm_inject_check(pid, &check)
@@ -137,12 +160,12 @@ public enum Injector {
             script = path
             report = try requestRemoteExec(pid: pid, scriptPath: path, timeout: timeout)
         } else {
-            report = try inject(pid: pid, source: source, timeout: timeout)
+            report = try inject(pid: pid, source: source, timeout: timeout, cancellation: cancellation)
         }
         report.placement = placement.rawValue
         let deadline = ContinuousClock.now + loadTimeout
         var library = ProcessTable.providerLibrary(of: pid)
-        while library == nil && ContinuousClock.now < deadline {
+        while library == nil && ContinuousClock.now < deadline && cancellation?.isCancelled != true {
             usleep(10_000)
             library = ProcessTable.providerLibrary(of: pid)
         }
@@ -167,65 +190,20 @@ public enum Injector {
     }
 
     /// The bootstrap as a file the target can open: `<providerDirectory>.boot-<pid>.py`, beside
-    /// the provider files placed for it, written through /proc/PID/root without following a
-    /// symlink (the directories were created or checked by ProviderPlacement). Returns the
-    /// path as the target sees it.
+    /// the provider files placed for it, written through TargetRoot (the directories were
+    /// created or checked by ProviderPlacement). Returns the path as the target sees it.
     static func writeBootScript(_ source: String, providerDirectory: String, pid: Int32) throws -> String {
         let parent = (providerDirectory as NSString).deletingLastPathComponent
         let name = "\((providerDirectory as NSString).lastPathComponent).boot-\(pid).py"
-        let dirfd = try openInTarget(parent, pid: pid)
-        defer { close(dirfd) }
-        let staging = ".\(name).\(getpid()).tmp"
-        unlinkat(dirfd, staging, 0)
-        let fd = openat(dirfd, staging, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw RuntimeError("cannot create the bootstrap script in \(parent) for pid \(pid): \(String(cString: strerror(errno)))")
-        }
-        fchmod(fd, 0o644)
-        let bytes = Array((source + "\n").utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                close(fd)
-                unlinkat(dirfd, staging, 0)
-                throw RuntimeError("cannot write the bootstrap script for pid \(pid): \(String(cString: strerror(errno)))")
-            }
-            offset += n
-        }
-        close(fd)
-        guard renameat(dirfd, staging, dirfd, name) == 0 else {
-            let err = errno
-            unlinkat(dirfd, staging, 0)
-            throw RuntimeError("cannot move the bootstrap script into place for pid \(pid): \(String(cString: strerror(err)))")
-        }
+        let directory = try TargetRoot(pid: pid).directory(parent, create: false, trust: .rootOnly(allowSticky: false))
+        try directory.replaceFile(name, data: Data((source + "\n").utf8), mode: 0o644)
         return "\(parent)/\(name)"
     }
 
     static func removeBootScript(_ path: String, pid: Int32) {
         let parent = (path as NSString).deletingLastPathComponent
-        guard let dirfd = try? openInTarget(parent, pid: pid) else { return }
-        unlinkat(dirfd, (path as NSString).lastPathComponent, 0)
-        close(dirfd)
-    }
-
-    /// An absolute directory of pid's mount namespace, opened component by component from
-    /// /proc/PID/root with O_NOFOLLOW.
-    private static func openInTarget(_ directory: String, pid: Int32) throws -> Int32 {
-        var fd = open("/proc/\(pid)/root", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw RuntimeError("cannot open /proc/\(pid)/root: \(String(cString: strerror(errno)))") }
-        for part in directory.split(separator: "/") where !part.isEmpty {
-            guard part != "..", part != "." else { close(fd); throw RuntimeError("\(directory) is not a normalised path") }
-            let next = openat(fd, String(part), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            let err = errno
-            close(fd)
-            guard next >= 0 else {
-                throw RuntimeError("cannot open \(directory) in pid \(pid)'s mount namespace: \(String(cString: strerror(err)))")
-            }
-            fd = next
-        }
-        return fd
+        guard let directory = try? TargetRoot(pid: pid).directory(parent, create: false, trust: .any) else { return }
+        directory.remove((path as NSString).lastPathComponent)
     }
 
     private static func milliseconds(_ timeout: Duration) -> Int64 {

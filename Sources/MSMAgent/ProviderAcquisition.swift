@@ -93,7 +93,8 @@ struct ProviderAcquisition: Sendable, Equatable {
     /// another tracer, a ptrace error midway, or a thread that could not be attached (usually
     /// one being torn down at that moment).
     static func isRetryable(injectionCode code: Int32) -> Bool {
-        [MSM_INJECT_TIMEOUT, MSM_INJECT_ALREADY_TRACED, MSM_INJECT_PTRACE_ERROR, MSM_INJECT_ATTACH_FAILED]
+        [MSM_INJECT_TIMEOUT, MSM_INJECT_ALREADY_TRACED, MSM_INJECT_PTRACE_ERROR, MSM_INJECT_ATTACH_FAILED,
+         MSM_INJECT_CANCELLED, MSM_INJECT_CALL_PENDING]
             .contains { code == Int32($0.rawValue) }
     }
 

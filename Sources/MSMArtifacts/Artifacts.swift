@@ -6,6 +6,9 @@ public enum Artifacts {
         Data(base64Encoded: EmbeddedArtifacts.bpfObjectBase64) ?? Data()
     }
 
+    /// bpf/msm_inject.bpf.o: the safe point and return point of a live injection.
+    public static let injectBPFObject: Data = Data(base64Encoded: EmbeddedArtifacts.injectBPFObjectBase64) ?? Data()
+
     /// Config/default.yaml: the built-in symbol config.
     public static var defaultConfig: String {
         String(decoding: Data(base64Encoded: EmbeddedArtifacts.defaultConfigBase64) ?? Data(), as: UTF8.self)

@@ -19,9 +19,16 @@ struct DebugInject: ParsableCommand {
     @Flag(help: "Print the report as JSON.")
     var json = false
 
+    @Option(help: "Inject this Python source instead of the provider's bootstrap (tests).")
+    var code: String?
+
     func run() throws {
         do {
             try requireRoot()
+            if let code {
+                emit(try Injector.inject(pid: pid, source: code, timeout: .milliseconds(Int64(max(0.001, timeout) * 1000))))
+                return
+            }
             let runtime = RuntimeDirectory()
             let provider = try runtime.installProvider()
             let report = try Injector.injectProvider(

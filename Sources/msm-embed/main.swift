@@ -1,6 +1,7 @@
 // msm-embed: run by the EmbedArtifacts build plugin.
 //
-// 1. clang -target bpf: bpf/msm.bpf.c -> msm.bpf.o
+// 1. clang -target bpf: bpf/msm.bpf.c -> msm.bpf.o (the collector), bpf/msm_inject.bpf.c ->
+//    msm_inject.bpf.o (the safe point and return point of a live injection)
 // 2. clang -shared: provider/native/msm_probe.c -> _msm_probe.abi3.so (stable-ABI CPython
 //    extension that is also the marker library the uprobes attach to)
 // 3. writes a Swift file that carries both objects and the provider's Python sources as
@@ -81,12 +82,17 @@ func main() throws {
     }
     try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
     let bpfDir = "\(packageDir)/bpf"
-    let bpfObject = "\(workDir)/msm.bpf.o"
-    _ = try run(clang, [
-        "-target", "bpf", "-D__TARGET_ARCH_\(bpfArch())", "-O2", "-g", "-Wall", "-Werror",
-        "-I", bpfDir, "-I", multiarchInclude(),
-        "-c", "\(bpfDir)/msm.bpf.c", "-o", bpfObject,
-    ])
+    func compileBPF(_ name: String) throws -> String {
+        let object = "\(workDir)/\(name).bpf.o"
+        _ = try run(clang, [
+            "-target", "bpf", "-D__TARGET_ARCH_\(bpfArch())", "-O2", "-g", "-Wall", "-Werror",
+            "-I", bpfDir, "-I", multiarchInclude(),
+            "-c", "\(bpfDir)/\(name).bpf.c", "-o", object,
+        ])
+        return object
+    }
+    let bpfObject = try compileBPF("msm")
+    let injectObject = try compileBPF("msm_inject")
     let nativeLibrary = "\(workDir)/_msm_probe.abi3.so"
     _ = try run(clang, [
         "-shared", "-fPIC", "-O2", "-g", "-Wall", "-Werror", "-fvisibility=hidden",
@@ -106,6 +112,7 @@ func main() throws {
         }
     }
     let bpfData = try Data(contentsOf: URL(fileURLWithPath: bpfObject))
+    let injectData = try Data(contentsOf: URL(fileURLWithPath: injectObject))
     let defaultConfig = (try? Data(contentsOf: URL(fileURLWithPath: "\(packageDir)/Config/default.yaml"))) ?? Data()
 
     // FNV-1a over names and contents: names the install directory so that a new build never
@@ -122,6 +129,7 @@ func main() throws {
     swift += "    public static let contentHash = \"\(String(hash, radix: 16))\"\n"
     swift += "    public static let defaultConfigBase64 = \"\(defaultConfig.base64EncodedString())\"\n"
     swift += "    public static let bpfObjectBase64 = \"\(bpfData.base64EncodedString())\"\n"
+    swift += "    public static let injectBPFObjectBase64 = \"\(injectData.base64EncodedString())\"\n"
     swift += "    public static let providerFilesBase64: [(path: String, base64: String)] = [\n"
     for (name, data) in files {
         swift += "        (\"\(name)\", \"\(data.base64EncodedString())\"),\n"

@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "msm_elf.h"
+#include "msm_maps.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -27,6 +30,10 @@ enum msm_inject_error {
     MSM_INJECT_PROCESS_EXITED = 13,
     MSM_INJECT_PYTHON_ERROR = 14,      // PyRun_SimpleString returned -1 (traceback on the target's stderr)
     MSM_INJECT_REMOTE_DEBUG_DISABLED = 15, // 3.14+: PYTHON_DISABLE_REMOTE_DEBUG / -X disable-remote-debug
+    MSM_INJECT_CANCELLED = 16,         // the caller asked to stop before the code ran; nothing changed
+    MSM_INJECT_CALL_PENDING = 17,      // the code was started but did not return in time (the target
+                                       // stopped or froze): the thread was released and gets its
+                                       // state back by itself when the code returns
 };
 
 /// How the thread that ran the code reached the safe point (msm_inject_result.safe_point_method).
@@ -78,13 +85,29 @@ struct msm_inject_result {
                                 // PEP 768, runs at the target's next eval-breaker check
 };
 
+/// Atomic access to the cancel flag of msm_inject_options (from Swift).
+static inline void msm_atomic_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline int msm_atomic_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+/// What msm_inject_python needs besides the target and the code.
+struct msm_inject_options {
+    const void *bpf_object;     // msm_inject.bpf.o (bpf/msm_inject.bpf.c), embedded in the agent
+    size_t bpf_object_len;
+    const volatile int *cancel; // optional: non-zero asks to stop as soon as that is safe
+                                // (MSM_INJECT_CANCELLED, or CALL_PENDING once the code runs)
+};
+
 /// Runs `python_source` with PyRun_SimpleString in the already running CPython
-/// (3.10-3.13, GIL build, x86-64) process `pid`, in a thread stopped at the entry of
-/// PyEval_SaveThread (it holds the GIL, outside the allocator). Every thread is traced
-/// only while this runs; registers and code are restored exactly. Waits at most
-/// `timeout_ms` for a thread to reach the safe point. Returns result->error.
+/// (3.10-3.13, GIL build, x86-64) process `pid`, in a thread stopped at the start of
+/// PyEval_SaveThread (it holds the GIL, outside the allocator) or, for an idle process, in
+/// a Python thread blocked in a wait without the GIL. Every thread is traced only while
+/// this runs. Nothing is written into the target's code: the safe point is a per-process
+/// uprobe that dies with the caller, and the hijacked thread's call returns through a
+/// sigreturn frame that restores its state exactly even if the caller is killed meanwhile
+/// (see arch_x86_64.c). Waits at most `timeout_ms` for a thread to reach the safe point.
+/// Returns result->error.
 int msm_inject_python(pid_t pid, const char *python_source, int timeout_ms,
-                      struct msm_inject_result *result);
+                      const struct msm_inject_options *options, struct msm_inject_result *result);
 
 /// Only the refusals of msm_inject_python (root, Yama, tracer, CPython, version, free-threaded),
 /// without attaching: MSM_INJECT_OK with the version and layout filled in, or the refusal.
