@@ -55,8 +55,9 @@ public actor Agent {
     private var ignored: [Int32: UInt64] = [:]
     /// /proc as of the last scan; cmdline and maps are not read again on every scan.
     private var processes = ProcessScanCache()
-    /// Targets in other mount namespaces read their control file at this path.
-    private var controlFileCopies: [Int32: String] = [:]
+    /// Targets in other mount namespaces read their control file there: the agent writes a
+    /// copy at the same path inside their root (TargetRoot: no symlink followed).
+    private var controlFileCopies: Set<Int32> = []
     private var lastControlData: Data?
     /// Pids with an attach or injection in progress (the actor is re-entered across awaits).
     private var busy: Set<Int32> = []
@@ -152,13 +153,14 @@ public actor Agent {
         config = newConfig
         configSource = source
         await aggregator.reconfigure(newConfig)
+        let skipped: [String]
         do {
-            try publishControlFile()
+            skipped = try publishControlFile()
         } catch {
             return ControlResponse(exitCode: 1, lines: ["ms-service-metric: \(error)"])
         }
         let pending = await waitForAcks(of: attachedPids(within: nil), timeout: 10)
-        var lines = ["config \(source) loaded (\(newConfig.entries.count) symbols, generation \(generation))"]
+        var lines = ["config \(source) loaded (\(newConfig.entries.count) symbols, generation \(generation))"] + skipped
         lines += newConfig.warnings.map { "warning: \($0)" }
         lines += pending.sorted().map { "pid \($0): provider did not acknowledge the new config yet" }
         return ControlResponse(exitCode: pending.isEmpty ? 0 : 1, lines: lines)
@@ -169,7 +171,8 @@ public actor Agent {
         guard enabled else { return ControlResponse(exitCode: 0, lines: ["ms-service-metric: off"]) }
         enabled = false
         var lines: [String] = []
-        if (try? publishControlFile()) != nil {
+        if let skipped = try? publishControlFile() {
+            lines += skipped
             let pending = await waitForAcks(of: attachedPids(within: nil), timeout: 3)
             lines += pending.sorted().map {
                 "pid \($0): no acknowledgement; its provider restores itself when the probe is detached"
@@ -177,6 +180,7 @@ public actor Agent {
         }
         let released = targets.values.filter { $0.link != nil }.count
         detachAll()
+        removeControlCopies()
         try? FileManager.default.removeItem(atPath: settings.runtime.controlFile)
         lines.append("ms-service-metric: off (\(released) targets released)")
         return ControlResponse(exitCode: 0, lines: lines)
@@ -418,8 +422,9 @@ public actor Agent {
             target.python = report.pythonVersion
             if report.placement == "copied" || report.placement == "present" {
                 // Another mount namespace: it reads its control file there.
-                controlFileCopies[pid] = "/proc/\(pid)/root\(settings.runtime.controlFile)"
-                try? writeControlCopy(pid)
+                controlFileCopies.insert(pid)
+                targets[pid] = target
+                if let problem = writeControlCopy(pid) { target.detail = problem }
             }
             logger.info("provider injected", metadata: ["pid": "\(pid)", "python": "\(report.pythonVersion)",
                                                         "ms": "\(report.totalMilliseconds)"])
@@ -476,13 +481,35 @@ public actor Agent {
         targets[pid] = target
     }
 
-    private func writeControlCopy(_ pid: Int32) throws {
-        guard let path = controlFileCopies[pid], let data = lastControlData else { return }
-        let temp = "\(path).tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o644]),
-              rename(temp, path) == 0 else {
-            throw RuntimeError("cannot write \(path)")
+    /// Writes the control file's copy into a target's mount namespace; the problem (also
+    /// logged and shown in the target's status) when that cannot be done safely, e.g. a
+    /// container replaced the runtime directory by a symlink.
+    private func writeControlCopy(_ pid: Int32) -> String? {
+        guard controlFileCopies.contains(pid), let data = lastControlData else { return nil }
+        let runtime = settings.runtime
+        do {
+            let directory = try TargetRoot(pid: pid).directory(runtime.path, create: false,
+                                                              trust: .rootOnly(allowSticky: false))
+            try directory.replaceFile((runtime.controlFile as NSString).lastPathComponent, data: data, mode: 0o644)
+            if targets[pid]?.detail.hasPrefix(Self.copyProblemPrefix) == true { targets[pid]?.detail = "" }
+            return nil
+        } catch {
+            let problem = "\(Self.copyProblemPrefix) (\(error)); this target gets no config changes until that is fixed"
+            targets[pid]?.detail = problem
+            logger.warning("pid \(pid): \(problem)")
+            return "pid \(pid): \(problem)"
         }
+    }
+
+    private static let copyProblemPrefix = "control file not written into the target's mount namespace"
+
+    /// Removes the control-file copies placed in other mount namespaces (after `off`).
+    private func removeControlCopies() {
+        let name = (settings.runtime.controlFile as NSString).lastPathComponent
+        for pid in controlFileCopies {
+            (try? TargetRoot(pid: pid).directory(settings.runtime.path, create: false, trust: .any))?.remove(name)
+        }
+        controlFileCopies.removeAll()
     }
 
     private func retire(_ pid: Int32) {
@@ -492,7 +519,7 @@ public actor Agent {
         target.state = .exited
         target.retiredAt = .now
         targets[pid] = target
-        controlFileCopies[pid] = nil
+        controlFileCopies.remove(pid)
         logger.info("target exited", metadata: ["pid": "\(pid)"])
     }
 
@@ -565,15 +592,15 @@ public actor Agent {
         }
     }
 
-    private func publishControlFile() throws {
+    /// Writes the control file and its copies; returns the copies that could not be written.
+    @discardableResult
+    private func publishControlFile() throws -> [String] {
         generation += 1
         let file = ControlFile(config: config, generation: generation, enabled: enabled, agentPid: getpid())
         let data = try file.jsonData()
         lastControlData = data
         try settings.runtime.writeControlFile(data)
-        for pid in controlFileCopies.keys where targets[pid]?.state == .attached {
-            do { try writeControlCopy(pid) } catch { logger.warning("\(error)") }
-        }
+        return controlFileCopies.sorted().filter { targets[$0]?.state == .attached }.compactMap { writeControlCopy($0) }
     }
 
     /// The config of `source`; a file's reference-tool handlers are mapped onto the built-in
