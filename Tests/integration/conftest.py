@@ -238,6 +238,18 @@ def metric(name):
 # the agent
 # --------------------------------------------------------------------------
 
+def _safe_handler_dir():
+    """A copy of Tests/fixtures/handler_funcs.py in a directory only root can write, up to /
+    (the provider refuses handler modules anyone else could have written; the checkout may
+    be under /tmp). Made once per test session."""
+    path = Path("/run/msm-test-handlers-%d" % os.getpid())
+    if not path.exists() and os.geteuid() == 0:
+        path.mkdir(mode=0o755)
+        shutil.copyfile(FIXTURES / "handler_funcs.py", path / "handler_funcs.py")
+        os.chmod(path / "handler_funcs.py", 0o644)
+    return str(path)
+
+
 class Agent:
     """Runs the CLI with a private runtime directory and listen port."""
 
@@ -253,6 +265,7 @@ class Agent:
         env.pop("MS_SERVICE_METRIC_VLLM_CONFIG", None)
         env.pop("MS_SERVICE_METRIC_CONTROL", None)
         env["MS_SERVICE_METRIC_RUNTIME_DIR"] = self.runtime_dir
+        env["MSM_FIXTURE_HANDLER_DIR"] = _safe_handler_dir()
         env.update(extra)
         return env
 
@@ -645,3 +658,7 @@ class AsyncioClient:
 
 AIO_CALLS = [("compute", {"n": 4, "x": 1}), ("gather", {"n": 6, "x": 2}), ("method", {"n": 3}),
              ("stream", {"n": 2, "x": 3}), ("fail", {"n": 2}), ("sync", {"n": 3, "x": 9})]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree("/run/msm-test-handlers-%d" % os.getpid(), ignore_errors=True)
