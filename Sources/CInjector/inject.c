@@ -58,17 +58,20 @@ struct injection {
     int slot;              // alternating chain area (see arch_plan_chain)
 };
 
+static int cancelled(const struct injection *in);
+
 /// Test hook: MSM_INJECT_DEBUG_PAUSE=PHASE:MS makes the injector announce on stderr and sleep
-/// MS milliseconds at PHASE, so that a test can kill it exactly there (Tests/integration/
-/// test_inject_kill.py). Phases: seized, armed, claimed, call-set, in-call, returned, restored.
-static void debug_pause(const char *phase) {
+/// MS milliseconds at PHASE (cut short by a cancellation), so that a test can kill or stop
+/// it exactly there (Tests/integration/test_inject_kill.py). Phases: seized, armed, claimed,
+/// call-set, in-call, returned, restored.
+static void debug_pause(const struct injection *in, const char *phase) {
     const char *spec = getenv("MSM_INJECT_DEBUG_PAUSE");
     size_t n = strlen(phase);
     if (!spec || strncmp(spec, phase, n) != 0 || spec[n] != ':') return;
     int ms = atoi(spec + n + 1);
-    fprintf(stderr, "msm-inject: pause at %s for %d ms\n", phase, ms);
+    fprintf(stderr, "msm-inject: pause at %s for %d ms (pid %d)\n", phase, ms, in->pid);
     fflush(stderr);
-    usleep((useconds_t)ms * 1000);
+    for (double until = now_ms() + ms; now_ms() < until && !cancelled(in);) usleep(5000);
 }
 
 static int cancelled(const struct injection *in) {
@@ -109,10 +112,10 @@ static int run_chain(struct injection *in, pid_t tid, const struct arch_context 
     in->slot ^= 1;
     struct thread *t = tracee_find(&in->c, tid);
     in->c.chosen = tid;
-    if (data_len) debug_pause("call-set");
+    if (data_len) debug_pause(in, "call-set");
     if (ptrace(PTRACE_CONT, tid, 0, 0) != 0) return CALL_ERROR;
     t->state = T_RUNNING;
-    if (data_len) debug_pause("in-call");
+    if (data_len) debug_pause(in, "in-call");
     for (;;) {
         pid_t who; int status;
         double until = deadline;
@@ -129,7 +132,7 @@ static int run_chain(struct injection *in, pid_t tid, const struct arch_context 
         t->state = T_STOPPED;
         uint64_t value;
         if (is_our_stop(in, tid, status) && safe_point_returned(&in->sp, &value)) {
-            if (data_len) debug_pause("returned");
+            if (data_len) debug_pause(in, "returned");
             *ret = value;
             return CALL_OK;  // the signal is not delivered: we resume it with none
         }
@@ -215,7 +218,7 @@ static int acquire_thread(struct injection *in, double t0, double deadline, pid_
     struct msm_inject_result *r = in->r;
     double next_wake = now_ms() + WAKE_GRACE_MS;  // relative to the arming
     safe_point_arm(&in->sp);
-    debug_pause("armed");
+    debug_pause(in, "armed");
     for (;;) {
         if (in->c.exec_seen) return fail(r, MSM_INJECT_PROCESS_EXITED, "pid %d called exec; nothing was injected", in->pid);
         if (cancelled(in)) return fail(r, MSM_INJECT_CANCELLED, "the injection into pid %d was cancelled; nothing was changed", in->pid);
@@ -259,7 +262,7 @@ static int acquire_thread(struct injection *in, double t0, double deadline, pid_
             }
             *at_wait = *at_blocked = 0;
             *tid_out = tid;
-            debug_pause("claimed");
+            debug_pause(in, "claimed");
             r->safe_point_method = t && t->woken ? MSM_SAFE_POINT_WOKEN : MSM_SAFE_POINT_NATURAL;
             r->wait_ms = now_ms() - t0;
             return 0;
@@ -354,7 +357,7 @@ static int run(struct injection *in, double t0) {
         int restored = arch_restore(tid, &ctx);
         arch_context_free(&ctx);
         in->c.chosen = 0;  // stays stopped: detached with no signal below
-        debug_pause("restored");
+        debug_pause(in, "restored");
         r->held_ms += now_ms() - held0;
         if (restored != 0)
             return fail(r, MSM_INJECT_PTRACE_ERROR,
@@ -396,7 +399,7 @@ static int inject(struct injection *in, const struct msm_inject_options *o, doub
         goto out;
     }
     r->threads = (int)in->c.n;
-    debug_pause("seized");
+    debug_pause(in, "seized");
     if (!python_target_unchanged(pid, &in->tg)) {
         rc = fail(r, MSM_INJECT_PROCESS_EXITED, "pid %d exited or changed its image while being "
                   "attached; nothing was changed", pid);

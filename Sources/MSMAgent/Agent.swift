@@ -61,6 +61,9 @@ public actor Agent {
     private var lastControlData: Data?
     /// Pids with an attach or injection in progress (the actor is re-entered across awaits).
     private var busy: Set<Int32> = []
+    /// Injections in progress, by pid: `off` (and so SIGTERM, SIGINT) asks each to stop and
+    /// waits for it before releasing the targets.
+    private var inFlight: [Int32: InjectionCancellation] = [:]
     private var configured = false
 
     public init(settings: Settings, collector: BPFCollector, logger: Logger) throws {
@@ -171,6 +174,18 @@ public actor Agent {
         guard enabled else { return ControlResponse(exitCode: 0, lines: ["ms-service-metric: off"]) }
         enabled = false
         var lines: [String] = []
+        // An injection stops at its next safe moment (before the code runs: nothing changed;
+        // during the call: the thread is released and restores itself), within 50 ms.
+        if !inFlight.isEmpty {
+            let stopping = inFlight.keys.sorted()
+            for cancellation in inFlight.values { cancellation.cancel() }
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !inFlight.isEmpty && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+            let line = "injection into pid \(stopping.map(String.init).joined(separator: ", ")) stopped before releasing the targets"
+                + (inFlight.isEmpty ? "" : " (still running after 5 s: \(inFlight.keys.sorted()))")
+            logger.info("\(line)")
+            lines.append(line)
+        }
         if let skipped = try? publishControlFile() {
             lines += skipped
             let pending = await waitForAcks(of: attachedPids(within: nil), timeout: 3)
@@ -401,6 +416,8 @@ public actor Agent {
         target.acquisition.begin()
         targets[pid] = target
         let runtime = settings.runtime
+        let cancellation = InjectionCancellation()
+        inFlight[pid] = cancellation
         // A dedicated thread, not the concurrency pool: the injector blocks for up to its
         // timeout waiting for a safe point, and a few such waits (vLLM's helper processes)
         // would otherwise starve the pool that ingestion, status and scrapes run on.
@@ -408,13 +425,15 @@ public actor Agent {
             do {
                 let directory = try runtime.installProvider()
                 return .injected(try Injector.injectProvider(pid: pid, providerDirectory: directory,
-                                                             controlFile: runtime.controlFile, timeout: timeout))
+                                                             controlFile: runtime.controlFile, timeout: timeout,
+                                                             cancellation: cancellation))
             } catch let error as InjectionError {
                 return .failed(code: error.report.code, message: error.description)
             } catch {
                 return .failed(code: Int32(MSM_INJECT_PTRACE_ERROR.rawValue), message: "\(error)")
             }
         }
+        inFlight[pid] = nil
         switch outcome {
         case let .injected(report):
             target.acquisition.finish(.injected, now: .now)

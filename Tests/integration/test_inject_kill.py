@@ -171,3 +171,43 @@ def test_target_frozen_during_injection(msm_bin, runtime_dir, pythons, phase):
         if target.proc.poll() is None:
             target.proc.kill()
         freezer.remove()
+
+
+@pytest.mark.parametrize("how", ["off", "sigterm"])
+def test_orderly_exit_stops_an_injection_in_progress(agent, pythons, how):
+    """`off` and SIGTERM stop an injection that waits at its armed safe point first (it is
+    cancelled, nothing changed), instead of leaving it to the process exit."""
+    target = stress.Target(pythons[0], extra=stress.Target.HOG)
+    try:
+        assert stress.wait_ready(target)
+        time.sleep(1.05)  # the agent leaves a process younger than 1 s alone
+        env = agent.env(MSM_INJECT_DEBUG_PAUSE="armed:20000")
+        on = subprocess.Popen([agent.binary, "on", "--pid", str(target.pid), "--listen", agent.listen],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while "pause at armed" not in agent.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "pause at armed" in agent.log(), agent.log()[-3000:]
+        daemon = agent.daemon_pid()
+        t0 = time.monotonic()
+        if how == "off":
+            proc = agent.off()
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "injection into pid %d stopped before releasing the targets" % target.pid in proc.stdout, proc.stdout
+        else:
+            os.kill(daemon, signal.SIGTERM)
+        while os.path.exists("/proc/%d" % daemon) and time.monotonic() - t0 < 15:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        assert not os.path.exists("/proc/%d" % daemon), "the agent did not exit"
+        assert elapsed < 10, "the agent waited out the injection (%.1f s) instead of stopping it" % elapsed
+        log = agent.log()
+        assert "injection into pid %d stopped before releasing the targets" % target.pid in log, log[-3000:]
+        assert "cancelled" in log, log[-3000:]
+        on.communicate(timeout=30)
+        assert "_msm_probe" not in Path("/proc/%d/maps" % target.pid).read_text(), "the code ran"
+        problem = stress.check_target(target, "after %s during an injection" % how)
+        assert not problem, problem
+    finally:
+        if target.proc.poll() is None:
+            target.proc.kill()
