@@ -4,6 +4,22 @@
 public actor Aggregator {
     public static let defaultSeriesLimitPerMetric = 2000
 
+    /// What one target process may make the agent keep: a process is not trusted to stay
+    /// small (any process on the node can be a target in watch-all mode, or be compromised),
+    /// so each table it grows has a bound, and what goes past it is counted
+    /// (`ms_service_metric_target_limit_cuts_total{table}`) and dropped.
+    public struct TargetLimits: Sendable {
+        /// Series ids announced (each keeps its announcement to rebind after a reconfigure).
+        public var registrations = 20_000
+        /// Series this process created in the store (shared series it joins do not count).
+        public var series = 4_000
+        /// Expression-error reports (per probe and metric of the config).
+        public var exprErrors = 1_000
+        /// Longest detail or message kept from a provider, in characters.
+        public var textLength = 1_000
+        public init() {}
+    }
+
     private var config: SymbolConfig?
     private var definitions: [String: MetricDefinition] = [:]
     private var store = SeriesStore()
@@ -14,12 +30,21 @@ public actor Aggregator {
     private var exitedHits: [UInt64] = []
     private var gaugeSeq: UInt64 = 0
     private let seriesLimit: Int
+    private let limits: TargetLimits
     // Cache for runs of samples from the same process.
     private var lastPid: Int32 = -1
     private var lastProcess: ProcessState?
 
-    public init(seriesLimitPerMetric: Int = Aggregator.defaultSeriesLimitPerMetric) {
+    public init(seriesLimitPerMetric: Int = Aggregator.defaultSeriesLimitPerMetric,
+                targetLimits: TargetLimits = TargetLimits()) {
         self.seriesLimit = max(1, seriesLimitPerMetric)
+        self.limits = targetLimits
+    }
+
+    private func cut(_ table: String) { stats.limitCuts[table, default: 0] &+= 1 }
+
+    private func clipped(_ text: String) -> String {
+        text.count <= limits.textLength ? text : String(text.prefix(limits.textLength)) + "…"
     }
 
     // MARK: - configuration
@@ -220,13 +245,24 @@ public actor Aggregator {
             proc.byeReason = nil
         case .series(let ann):
             if let old = proc.registrations[ann.id], old == ann, proc.binding(ann.id) != .unset { return }
+            if proc.registrations[ann.id] == nil, proc.registrations.count >= limits.registrations {
+                return cut("registrations")
+            }
             unbind(proc, id: ann.id)
             proc.registrations[ann.id] = ann
             bind(proc, id: ann.id, ann, countRefusal: true)
         case .probe(let r):
-            proc.probeStates[r.probe] = r
-        case .exprError(let e):
+            // Only probes of the config, only the states the protocol defines.
+            guard r.probe >= 0, r.probe < (config?.entries.count ?? 0) else { return cut("probe_states") }
+            let state = ProbeStateName.all.contains(r.state) ? r.state : ProbeStateName.error
+            let detail = state == r.state ? r.detail : "unknown probe state \"\(r.state.prefix(40))\": \(r.detail)"
+            proc.probeStates[r.probe] = ProbeReport(probe: r.probe, state: state, detail: clipped(detail))
+        case .exprError(var e):
             let key = ProcessState.ExprKey(probe: e.probe, metric: e.metric)
+            guard proc.exprErrors[key] != nil
+                    || (e.probe >= 0 && e.probe < (config?.entries.count ?? 0) && proc.exprErrors.count < limits.exprErrors)
+            else { return cut("expr_errors") }
+            e.message = clipped(e.message)
             let before = proc.exprErrors[key]?.count ?? 0
             // Cumulative per process; a smaller count means the provider started over.
             stats.expressionErrors &+= e.count >= before ? e.count - before : e.count
@@ -261,8 +297,13 @@ public actor Aggregator {
             if countRefusal { stats.seriesDropped[ann.metric, default: 0] &+= 1 }
             proc.setBinding(id, .overLimit)
             return
+        } else if proc.seriesCreated >= limits.series {
+            if countRefusal { cut("series") }
+            proc.setBinding(id, .overLimit)
+            return
         } else {
             slot = store.create(key: key, definition: def)
+            proc.seriesCreated += 1
         }
         store.retain(slot)
         proc.setBinding(id, .slot(slot, def.type))

@@ -90,6 +90,9 @@ public struct IngestStats: Sendable, Equatable {
     public var seriesDropped: [String: UInt64] = [:]
     /// Samples whose probe id is not in the current config.
     public var unknownProbeSamples: UInt64 = 0
+    /// Entries a target tried to add past a per-target bound, by table (see
+    /// Aggregator.TargetLimits): registrations, series, probe_states, expr_errors.
+    public var limitCuts: [String: UInt64] = [:]
 }
 
 /// Everything the renderer and `status` need, taken at one point in time.

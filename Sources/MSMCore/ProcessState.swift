@@ -29,6 +29,8 @@ final class ProcessState {
     var exprErrors: [ExprKey: ExprErrorReport] = [:]
     var samples: UInt64 = 0
     var messages: UInt64 = 0
+    /// Series this process created in the store (Aggregator.TargetLimits.series).
+    var seriesCreated = 0
 
     static let denseLimit: UInt32 = 65_536
 

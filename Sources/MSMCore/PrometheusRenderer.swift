@@ -265,6 +265,12 @@ public enum PrometheusRenderer {
             help: "Series refused because their metric reached the per-metric series limit.",
             samples: s.stats.seriesDropped.sorted { $0.key < $1.key }.map { ([Label("metric", $0.key)], Double($0.value)) })))
         out.append(.simple(SimpleFamily(
+            name: selfPrefix + "target_limit_cuts_total", type: "counter",
+            help: "Entries a target tried to add past a per-target bound, by table.",
+            samples: ["expr_errors", "probe_states", "registrations", "series"].map {
+                ([Label("table", $0)], Double(s.stats.limitCuts[$0] ?? 0))
+            })))
+        out.append(.simple(SimpleFamily(
             name: selfPrefix + "values_dropped_total", type: "counter",
             help: "Sample values not recorded, by reason.",
             samples: s.stats.valuesDropped.sorted { $0.key < $1.key }.map { ([Label("reason", $0.key)], Double($0.value)) })))

@@ -59,6 +59,8 @@ public enum ProbeStateName {
     public static let versionExcluded = "version_excluded"
     public static let notPresent = "not_present"
     public static let error = "error"
+    /// The states the protocol defines; any other is reported as `error`.
+    public static let all: Set<String> = [active, notFound, versionExcluded, notPresent, error]
 }
 
 /// `probe`: state of one probe in one process.
