@@ -15,12 +15,16 @@ public actor Agent {
         public var listen: String
         public var configSource: ConfigSource
         public var defaultConfigText: String
+        /// Watch-all mode: which discovered processes may be targets.
+        public var discovery: DiscoveryFilter
 
-        public init(runtime: RuntimeDirectory, listen: String, configSource: ConfigSource, defaultConfigText: String) {
+        public init(runtime: RuntimeDirectory, listen: String, configSource: ConfigSource, defaultConfigText: String,
+                    discovery: DiscoveryFilter = DiscoveryFilter()) {
             self.runtime = runtime
             self.listen = listen
             self.configSource = configSource
             self.defaultConfigText = defaultConfigText
+            self.discovery = discovery
         }
     }
 
@@ -40,6 +44,8 @@ public actor Agent {
     private var roots: Set<Int32> = []
     /// `on` without --pid: every process on the host that carries the provider.
     private var watchAll = false
+    /// Which of those discovered processes may be targets (--only-uid, --only-cgroup).
+    private var discovery: DiscoveryFilter
     private var targets: [Int32: Target] = [:] {
         didSet {
             let attached = targets.values.filter { $0.state == .attached }.count
@@ -71,6 +77,7 @@ public actor Agent {
         self.collector = collector
         self.logger = logger
         configSource = settings.configSource
+        discovery = settings.discovery
         config = try Agent.loadConfig(settings.configSource, defaultText: settings.defaultConfigText)
         aggregator = Aggregator()
         generation = settings.runtime.previousGeneration()
@@ -91,7 +98,9 @@ public actor Agent {
 
     public func handle(_ request: ControlRequest) async -> ControlResponse {
         switch request.command {
-        case .on: return await on(pids: request.pids ?? [], configPath: request.config, timeout: request.timeoutSeconds ?? 10)
+        case .on:
+            if let filter = request.discovery, request.pids?.isEmpty ?? true { discovery = filter }
+            return await on(pids: request.pids ?? [], configPath: request.config, timeout: request.timeoutSeconds ?? 10)
         case .off:
             let response = await off()
             stopRequested?()
@@ -246,9 +255,11 @@ public actor Agent {
         ignored = ignored.filter { processes.startTime(of: $0.key) == $0.value }
         // Without --pid: every `vllm serve` on the host (with its process tree) and every
         // process that already carries the provider.
+        let named = processes.descendants(of: roots)
         let candidates: Set<Int32> = watchAll
-            ? processes.descendants(of: roots.union(processes.vllmServers())).union(processes.providerProcesses())
-            : processes.descendants(of: roots)
+            ? named.union(processes.descendants(of: processes.vllmServers()).union(processes.providerProcesses())
+                .filter { named.contains($0) || targets[$0] != nil || discovery.admits(pid: $0) })
+            : named
 
         for (pid, target) in targets where target.state != .exited {
             if processes.startTime(of: pid) != target.startTime {
@@ -348,18 +359,34 @@ public actor Agent {
         // seconds when a vLLM process is busy: off the actor, so that targets are attached in
         // parallel and status and /metrics answer meanwhile.
         let pid = facts.pid
-        var library = await runOnDedicatedThread(named: "msm-attach") { ProcessTable.providerLibrary(of: pid) }
-        if library == nil {
-            // The injection reports the library it saw mapped: no second maps read.
-            library = await injectProvider(into: facts, target: &target)
+        let identity = ProviderIdentity(providerDirectory: settings.runtime.providerDirectory)
+        var found = await runOnDedicatedThread(named: "msm-attach") { () -> (ProviderMapping, ProviderIdentity.Verdict)? in
+            ProcessTable.providerMapping(of: pid).map { ($0, identity.verdict(pid: pid, mapping: $0)) }
         }
-        guard let library else {
+        if found == nil {
+            // The injection reports the library it saw mapped: no second maps read.
+            if let mapping = await injectProvider(into: facts, target: &target) {
+                found = (mapping, await runOnDedicatedThread(named: "msm-attach") { identity.verdict(pid: pid, mapping: mapping) })
+            }
+        }
+        guard let (library, verdict) = found else {
             if ignored[facts.pid] != facts.startTime { targets[facts.pid] = target }
             return
         }
-        // The path as the target sees it, reached through its root: the right inode even in
-        // another mount namespace or after the file was replaced on disk.
-        let path = "/proc/\(facts.pid)/root\(library)"
+        // A process that maps a file named like the provider is a target only if the file
+        // is our provider, or if the user named it (or an ancestor) with --pid.
+        if case let .foreign(why) = verdict {
+            guard isWithin(pid, roots) else {
+                logger.warning("not a target", metadata: ["pid": "\(pid)", "why": "\(why); name it with --pid to collect from it anyway"])
+                ignored[pid] = facts.startTime
+                targets[pid] = nil
+                return
+            }
+            logger.warning("collecting from a provider this agent did not build", metadata: ["pid": "\(pid)", "why": "\(why)"])
+        }
+        // The very file mapped (no path resolution in the target's tree), in any mount
+        // namespace, even after it was replaced on disk.
+        let path = library.mapFile(pid: pid)
         // The role decides the dp label: set it before the first event can arrive.
         await aggregator.setProcessInfo(pid: facts.pid, dp: dp, role: role.role)
         let attached = await runOnDedicatedThread(named: "msm-attach") { [collector] in
@@ -374,7 +401,7 @@ public actor Agent {
             target.link = link
             target.state = .attached
             target.detail = ""
-            target.libraryPath = library
+            target.libraryPath = library.path
             target.attachedAt = .now
             if target.origin == nil { target.origin = "exec" }
             logger.info("attached", metadata: ["pid": "\(facts.pid)", "role": "\(role.role)", "dp": "\(dp)"])
@@ -401,7 +428,7 @@ public actor Agent {
     /// a safe point). Returns the provider library's path (as the target sees it) when it is
     /// now mapped. Processes that are not CPython are remembered and skipped, unless they were
     /// named with --pid.
-    private func injectProvider(into facts: ProcessFacts, target: inout Target) async -> String? {
+    private func injectProvider(into facts: ProcessFacts, target: inout Target) async -> ProviderMapping? {
         guard !ProviderAcquisition.isStarting(ageSeconds: ProcessTable.ageSeconds(facts)) else {
             // A process that is still starting has no interpreter ready yet: next scan.
             target.state = .noProvider

@@ -33,8 +33,8 @@ public struct InjectionReport: Sendable, CustomStringConvertible, Encodable {
     public let totalMilliseconds: Double
     /// Set by `injectProvider`: the provider's native library is mapped in the target.
     public var providerLoaded: Bool?
-    /// Set by `injectProvider`: the mapped library's path as the target sees it.
-    public var providerLibrary: String?
+    /// Set by `injectProvider`: the mapped library (its path as the target sees it).
+    public var providerLibrary: ProviderMapping?
     /// Set by `injectProvider`: how the provider files reached the target.
     public var placement: String?
 
@@ -164,10 +164,10 @@ public enum Injector {
         }
         report.placement = placement.rawValue
         let deadline = ContinuousClock.now + loadTimeout
-        var library = ProcessTable.providerLibrary(of: pid)
+        var library = ProcessTable.providerMapping(of: pid)
         while library == nil && ContinuousClock.now < deadline && cancellation?.isCancelled != true {
             usleep(10_000)
-            library = ProcessTable.providerLibrary(of: pid)
+            library = ProcessTable.providerMapping(of: pid)
         }
         report.providerLibrary = library
         report.providerLoaded = library != nil

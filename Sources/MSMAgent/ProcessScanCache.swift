@@ -16,7 +16,7 @@ struct ProcessScanCache {
         var argumentsComm: String?
         var argumentsDue = true
         /// maps as of the last read, comm and age at that read.
-        var providerLibrary: String?
+        var providerMapping: ProviderMapping?
         var mapsVerdict: ProcessRecheckPolicy.MapsVerdict?
         var mapsComm: String?
         var mapsReadAtAge: Double = 0
@@ -85,7 +85,7 @@ struct ProcessScanCache {
     mutating func providerProcesses() -> Set<Int32> {
         Set(entries.keys.filter { pid in
             readMapsIfDue(pid)
-            return entries[pid]?.providerLibrary != nil
+            return entries[pid]?.providerMapping != nil
         })
     }
 
@@ -103,8 +103,8 @@ struct ProcessScanCache {
     private mutating func readMapsIfDue(_ pid: Int32) {
         guard var entry = entries[pid], entry.mapsDue else { return }
         let maps = ProcessTable.mappedFiles(pid)
-        entry.providerLibrary = maps?.providerLibrary
-        entry.mapsVerdict = maps.map { $0.providerLibrary != nil ? .provider : $0.mapsPython ? .python : .noPython }
+        entry.providerMapping = maps?.provider
+        entry.mapsVerdict = maps.map { $0.provider != nil ? .provider : $0.mapsPython ? .python : .noPython }
         entry.mapsComm = entry.stat.comm
         entry.mapsReadAtAge = entry.ageSeconds
         entry.mapsDue = false

@@ -1,3 +1,4 @@
+import CInjector
 import Foundation
 
 /// What /proc says about one process, read fresh. (The agent's periodic scan goes through
@@ -134,10 +135,9 @@ public enum ProcessTable {
         return result
     }
 
-    /// The path (as the process sees it) of the mapped provider library, if the process has
-    /// the provider loaded.
-    public static func providerLibrary(of pid: Int32, fileName: String = "_msm_probe.abi3.so") -> String? {
-        mappedFiles(pid, providerFileName: fileName)?.providerLibrary
+    /// The mapping of the provider library, if the process has the provider loaded.
+    public static func providerMapping(of pid: Int32, fileName: String = "_msm_probe.abi3.so") -> ProviderMapping? {
+        mappedFiles(pid, providerFileName: fileName)?.provider
     }
 
     /// What /proc/PID/maps says about the provider and Python; nil for a process that is gone.
@@ -204,28 +204,58 @@ struct StatLine: Equatable {
     }
 }
 
-/// One pass over /proc/PID/maps: the provider library's path and whether Python is mapped.
+/// Where a process maps the provider library (the first mapping of the file).
+public struct ProviderMapping: Sendable, Equatable, Encodable {
+    /// The path as the process sees it (without the kernel's " (deleted)" suffix).
+    public let path: String
+    public let start: UInt64
+    public let end: UInt64
+    public let inode: UInt64
+
+    /// /proc/PID/map_files/START-END: the very file mapped, in any mount namespace, even
+    /// after it was replaced or removed on disk; opening it resolves no path the process chose.
+    public func mapFile(pid: Int32) -> String {
+        "/proc/\(pid)/map_files/\(String(start, radix: 16))-\(String(end, radix: 16))"
+    }
+}
+
+/// One pass over /proc/PID/maps (parsed by the one maps parser, Sources/CInjector/maps.c):
+/// the provider library's mapping and whether Python is mapped.
 struct MappedFiles: Equatable {
     static let providerFileName = "_msm_probe.abi3.so"
 
-    /// The provider library's path as the process sees it.
-    let providerLibrary: String?
+    let provider: ProviderMapping?
     /// A mapped file with "python" in its name (python3.11, libpython3.12.so.1.0, …). Without
     /// one the process cannot be CPython (the injector finds the interpreter by these names).
     let mapsPython: Bool
 
+    /// The provider library's path as the process sees it.
+    var providerLibrary: String? { provider?.path }
+
     init(maps: String, providerFileName: String = MappedFiles.providerFileName) {
-        var library: String?
-        var python = false
-        for line in maps.split(separator: "\n") {
-            guard let slash = line.firstIndex(of: "/") else { continue }
-            var path = line[slash...]
-            if path.hasSuffix(" (deleted)") { path = path.dropLast(" (deleted)".count) }
-            let name = path.split(separator: "/").last ?? ""
-            if library == nil, name == providerFileName { library = String(path) }
-            if !python, name.contains("python") { python = true }
+        var parsed = msm_maps()
+        var utf8 = Array(maps.utf8)
+        let rc = utf8.withUnsafeMutableBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { msm_maps_parse($0.baseAddress, $0.count, 1, 1 << 20, &parsed) }
         }
-        providerLibrary = library
+        defer { msm_maps_free(&parsed) }
+        var provider: ProviderMapping?
+        var python = false
+        if rc == 0 {
+            for index in 0..<parsed.n {
+                var mapping = parsed.v[index]
+                var path = withUnsafeBytes(of: &mapping.path) { raw in
+                    String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+                }
+                if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
+                let name = path.split(separator: "/").last ?? ""
+                if provider == nil, name == providerFileName {
+                    provider = ProviderMapping(path: path, start: mapping.start, end: mapping.end, inode: mapping.inode)
+                }
+                if !python, name.contains("python") { python = true }
+            }
+        }
+        self.provider = provider
         mapsPython = python
     }
 }

@@ -102,3 +102,136 @@ def test_symlinks_in_a_container_never_reach_the_host(agent, contained, runtime_
     assert Path(victim).read_text() == "host data\n"
     if attack != "runtime-dir":
         assert not os.path.exists(os.path.join(inside, "control.json")), "off left the control-file copy behind"
+
+
+# --------------------------------------------------------------------------
+# Any process can make itself a target (watch-all mode)
+# --------------------------------------------------------------------------
+
+HOSTILE = r"""
+import mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def hostile_elf():
+    """An ELF64 x86-64 header whose section table lies past 2**63 (an Int conversion that
+    traps in a reader without checked arithmetic)."""
+    import struct
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    header = ident + struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 64, 2 ** 63 + 64, 0, 64, 56, 0, 64, 5, 0)
+    return header + bytes(4096 - len(header))
+
+
+@pytest.fixture
+def hostile_files():
+    """Files named like the provider library: a malformed ELF, a character device that
+    reads zeros without end, and a well-formed ELF that is not our provider."""
+    base = Path(tempfile.mkdtemp(prefix="msm-hostile-", dir="/var/tmp"))
+    made = {}
+    for kind in ("elf", "device", "other"):
+        d = base / kind
+        d.mkdir()
+        path = d / "_msm_probe.abi3.so"
+        if kind == "elf":
+            path.write_bytes(hostile_elf())
+        elif kind == "device":
+            os.mknod(str(path), 0o644 | 0o020000, os.makedev(1, 5))  # like /dev/zero
+        else:
+            path.write_bytes(Path("/lib/x86_64-linux-gnu/libc.so.6").read_bytes())
+        made[kind] = str(path)
+    yield made
+    subprocess.run(["rm", "-rf", str(base)])
+
+
+def test_a_process_mapping_a_fake_provider_is_not_a_target(agent, service, hostile_files):
+    procs = {}
+    try:
+        for kind, path in hostile_files.items():
+            p = subprocess.Popen([PYTHON, "-c", HOSTILE, path], stdout=subprocess.PIPE, text=True)
+            assert p.stdout.readline().strip() == "ready", kind
+            procs[kind] = p
+        # Watch-all: every process that carries the provider, the genuine one (the fixture
+        # service under `exec`) included.
+        agent.must("on", "--config", str(Path(__file__).resolve().parents[1] / "fixtures" / "fixture_symbols.yaml"),
+                   "--listen", agent.listen)
+
+        def all_refused():
+            lines = [line for line in agent.log().splitlines() if "not a target" in line]
+            return all(any("pid=%d " % p.pid in line for line in lines) for p in procs.values())
+
+        from conftest import wait_for
+        wait_for(all_refused, 15, what="a 'not a target' line for each fake provider")
+        status = agent.status()
+        pids = {t["pid"] for t in status["targets"]}
+        assert service.pid in pids, status
+        for kind, p in procs.items():
+            assert p.pid not in pids, (kind, status)
+        log = agent.log()
+        assert "is not a regular file" in log and "is not this agent's provider library" in log, log[-3000:]
+        # The genuine target still collects.
+        service.call("sync", n=2)
+        agent.wait_histogram_count("fixture:sync:duration", 2)
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+
+
+# --------------------------------------------------------------------------
+# Discovery restricted to given uids or cgroups
+# --------------------------------------------------------------------------
+
+def _cgroup_root():
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        if os.path.exists(root + "/cgroup.controllers"):
+            return Path(root)
+    pytest.fail("no cgroup v2 hierarchy (cgroup.controllers) under /sys/fs/cgroup")
+
+
+def test_watch_all_takes_only_the_given_cgroup_and_uid(agent, service_factory, msm_bin):
+    root = _cgroup_root()
+    group = root / ("msm-test-disco-%d" % os.getpid())
+    group.mkdir(exist_ok=True)
+    try:
+        inside = service_factory()
+        outside = service_factory()
+        (group / "cgroup.procs").write_text(str(inside.pid))
+        config = str(Path(__file__).resolve().parents[1] / "fixtures" / "fixture_symbols.yaml")
+        agent.must("on", "--config", config, "--listen", agent.listen, "--only-cgroup", "/" + group.name)
+        from conftest import wait_for
+        wait_for(lambda: inside.pid in {t["pid"] for t in agent.status()["targets"]}, 15,
+                 what="the service in the cgroup collected")
+        # Scans keep running: the other one must still not be taken a few scans later.
+        deadline = time_after(1.5)
+        while not deadline():
+            assert outside.pid not in {t["pid"] for t in agent.status()["targets"]}
+        inside.call("sync", n=2)
+        agent.wait_histogram_count("fixture:sync:duration", 2)
+        assert agent.off().returncode == 0
+
+        # --only-uid: root's processes are taken, none else's; then a uid no process has.
+        agent.must("on", "--config", config, "--listen", agent.listen, "--only-uid", "0")
+        wait_for(lambda: {inside.pid, outside.pid} <= {t["pid"] for t in agent.status()["targets"]}, 15,
+                 what="both root services collected with --only-uid 0")
+        assert agent.off().returncode == 0
+        agent.must("on", "--config", config, "--listen", agent.listen, "--only-uid", "65534")
+        deadline = time_after(1.5)
+        while not deadline():
+            assert not {inside.pid, outside.pid} & {t["pid"] for t in agent.status()["targets"]}
+    finally:
+        try:
+            for pid in (group / "cgroup.procs").read_text().split():
+                (root / "cgroup.procs").write_text(pid)
+            group.rmdir()
+        except OSError:
+            pass
+
+
+def time_after(seconds):
+    import time
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
