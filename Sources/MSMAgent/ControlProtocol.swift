@@ -9,12 +9,16 @@ public struct ControlRequest: Codable, Sendable {
     /// Absolute config path; nil keeps the current config (restart) or uses the default (on).
     public var config: String?
     public var timeoutSeconds: Double?
+    /// `on` without pids: which discovered processes may be targets (nil: keep the current rule).
+    public var discovery: DiscoveryFilter?
 
-    public init(command: Command, pids: [Int32]? = nil, config: String? = nil, timeoutSeconds: Double? = nil) {
+    public init(command: Command, pids: [Int32]? = nil, config: String? = nil, timeoutSeconds: Double? = nil,
+                discovery: DiscoveryFilter? = nil) {
         self.command = command
         self.pids = pids
         self.config = config
         self.timeoutSeconds = timeoutSeconds
+        self.discovery = discovery
     }
 }
 

@@ -17,7 +17,17 @@ public enum ExecLauncher {
     /// Does not return on success.
     public static func exec(command: [String], runtime: RuntimeDirectory) throws -> Never {
         guard let program = command.first else { throw RuntimeError("exec needs a command, e.g. exec -- python3 app.py") }
-        let provider = try runtime.installProvider()
+        // Installing the provider needs root (the runtime directory is root-only); a service
+        // account can run its command once it is installed (by the agent or a root `exec`).
+        let provider: String
+        if geteuid() == 0 {
+            provider = try runtime.installProvider()
+        } else if let installed = runtime.installedProviderDirectory() {
+            provider = installed
+        } else {
+            throw RuntimeError("the provider is not installed in \(runtime.path) yet, and installing it needs root: "
+                + "run `sudo ms-service-metric exec -- true` once (or start the agent), then exec as any user")
+        }
         for (key, value) in environment(providerDirectory: provider, controlFile: runtime.controlFile) {
             setenv(key, value, 1)
         }

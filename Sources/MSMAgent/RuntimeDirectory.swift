@@ -59,6 +59,22 @@ public struct RuntimeDirectory: Sendable {
         return target
     }
 
+    /// This build's provider directory if it is installed and safe to load: complete, and it
+    /// and every directory above it up to the runtime directory's parent root-owned and not
+    /// writable by others (lstat: no symlink taken). nil otherwise.
+    public func installedProviderDirectory() -> String? {
+        var path = providerDirectory
+        var info = stat()
+        guard lstat("\(path)/.complete", &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        while path.count > 1 {
+            guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == 0,
+                  info.st_mode & 0o022 == 0 || (info.st_mode & S_ISVTX != 0 && path != providerDirectory) else { return nil }
+            if path == self.path { return providerDirectory }
+            path = (path as NSString).deletingLastPathComponent
+        }
+        return nil
+    }
+
     /// The generation in the control file an earlier agent left (0: none or unreadable).
     /// A new agent continues after it: a provider that never saw the semaphore drop between
     /// the two agents (a restart within its 250 ms poll) still holds the old generation, and

@@ -27,6 +27,19 @@ struct AgentOptions: ParsableArguments {
     @Option(help: "Address of the /metrics endpoint.")
     var listen: String = "127.0.0.1:9464"
 
+    @Option(name: .customLong("only-uid"), help: "Without --pid: take only discovered processes of this real uid; repeatable.")
+    var onlyUids: [UInt32] = []
+
+    @Option(name: .customLong("only-cgroup"), help: "Without --pid: take only discovered processes under this cgroup path (as in /proc/PID/cgroup); repeatable.")
+    var onlyCgroups: [String] = []
+
+    var discovery: DiscoveryFilter { DiscoveryFilter(uids: Set(onlyUids), cgroupPrefixes: onlyCgroups) }
+
+    /// The daemon's arguments that carry these options.
+    var discoveryArguments: [String] {
+        onlyUids.flatMap { ["--only-uid", String($0)] } + onlyCgroups.flatMap { ["--only-cgroup", $0] }
+    }
+
     /// Set by `on` when it starts the daemon: targets come with `on`'s own request.
     @Flag(help: .hidden)
     var awaitCommands = false

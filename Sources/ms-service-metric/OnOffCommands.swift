@@ -21,12 +21,13 @@ struct On: AsyncParsableCommand {
             if let path = options.absoluteConfig { try validateConfig(path) }
             let runtime = RuntimeDirectory()
             if !ControlSocketClient.isListening(runtime.socket) {
-                var arguments = ["--listen", options.listen, "--await-commands"]
+                var arguments = ["--listen", options.listen, "--await-commands"] + options.discoveryArguments
                 if let path = options.absoluteConfig { arguments += ["--config", path] }
                 try DaemonLauncher.start(runtime: runtime, arguments: arguments)
             }
             let request = ControlRequest(command: .on, pids: options.pids, config: options.absoluteConfig,
-                                         timeoutSeconds: timeout)
+                                         timeoutSeconds: timeout,
+                                         discovery: options.discovery.isOpen ? nil : options.discovery)
             guard let response = try ControlSocketClient.send(request, to: runtime.socket) else {
                 throw Fatal("ms-service-metric: the agent stopped answering; see \(runtime.logFile)")
             }

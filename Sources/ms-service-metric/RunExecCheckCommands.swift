@@ -25,7 +25,7 @@ struct Run: AsyncParsableCommand {
                 runtime: RuntimeDirectory(), listen: options.listen,
                 configSource: ConfigSource.resolve(explicitPath: options.absoluteConfig,
                                                    environment: ProcessInfo.processInfo.environment),
-                defaultConfigText: Artifacts.defaultConfig)
+                defaultConfigText: Artifacts.defaultConfig, discovery: options.discovery)
             try await AgentDaemon.run(settings: settings, initialPids: options.pids,
                                       startCollecting: !options.awaitCommands, logger: logger)
         }
@@ -42,7 +42,6 @@ struct Exec: ParsableCommand {
 
     func run() throws {
         do {
-            try requireRoot()
             let arguments = command.first == "--" ? Array(command.dropFirst()) : command
             try ExecLauncher.exec(command: arguments, runtime: RuntimeDirectory())
         } catch let fatal as Fatal {

@@ -114,3 +114,16 @@ def test_runtime_dir_permissions(agent, instrumented):
     assert st.st_uid == 0 and (st.st_mode & 0o777) == 0o600, oct(st.st_mode)
     ctl = os.stat(os.path.join(agent.runtime_dir, "control.json"))
     assert ctl.st_uid == 0 and not (ctl.st_mode & 0o022), oct(ctl.st_mode)
+
+
+def test_exec_as_another_user_once_the_provider_is_installed(agent, nobody_binary):
+    probe = ["/usr/bin/python3", "-c", "import os; print(os.environ['MS_SERVICE_METRIC_PROVIDER'])"]
+    before = subprocess.run(NOBODY + [nobody_binary, "exec", "--"] + probe, env=agent.env(),
+                            capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert before.returncode == 1, (before.stdout, before.stderr)
+    assert "not installed" in before.stderr and "sudo ms-service-metric exec -- true" in before.stderr, before.stderr
+    agent.must("exec", "--", "true")  # root installs it
+    after = subprocess.run(NOBODY + [nobody_binary, "exec", "--"] + probe, env=agent.env(),
+                           capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.strip().startswith(agent.runtime_dir + "/provider/"), after.stdout
