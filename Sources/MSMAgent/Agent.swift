@@ -67,6 +67,8 @@ public actor Agent {
     private var lastControlData: Data?
     /// Pids with an attach or injection in progress (the actor is re-entered across awaits).
     private var busy: Set<Int32> = []
+    /// The last scan could not read /proc (logged once per streak).
+    private var procUnreadable = false
     /// Injections in progress, by pid: `off` (and so SIGTERM, SIGINT) asks each to stop and
     /// waits for it before releasing the targets.
     private var inFlight: [Int32: InjectionCancellation] = [:]
@@ -250,7 +252,15 @@ public actor Agent {
     /// watching all), attaches to those that carry the provider, and retires exited ones.
     public func scan() async {
         guard enabled else { return }
-        processes.refresh()
+        // An unreadable /proc (no file descriptor left, no memory) says nothing about which
+        // processes exist: nothing is retired or attached until it can be read again.
+        if let failure = processes.refresh() {
+            if !procUnreadable { logger.warning("cannot read /proc (\(failure)); targets are kept as they are until it can be read") }
+            procUnreadable = true
+            return
+        }
+        if procUnreadable { logger.info("/proc readable again") }
+        procUnreadable = false
         // Ignored processes that are gone (or whose pid was reused) need no entry any more.
         ignored = ignored.filter { processes.startTime(of: $0.key) == $0.value }
         // Without --pid: every `vllm serve` on the host (with its process tree) and every

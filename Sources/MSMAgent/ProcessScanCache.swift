@@ -28,12 +28,24 @@ struct ProcessScanCache {
     var policy = ProcessRecheckPolicy()
     private(set) var entries: [Int32: Entry] = [:]
 
-    /// Lists /proc, reads every stat line and decides which cmdline and maps are due.
-    mutating func refresh() {
+    /// Lists /proc, reads every stat line and decides which cmdline and maps are due. When
+    /// /proc cannot be listed, or a stat line cannot be read for another reason than the
+    /// process being gone (EMFILE, ENFILE, ENOMEM), nothing changes and the error is returned.
+    mutating func refresh() -> String? {
         let uptime = ProcessTable.uptimeSeconds()
         var next: [Int32: Entry] = [:]
-        for pid in ProcessTable.allPids() {
-            guard let stat = ProcessTable.statLine(pid) else { continue }
+        let listing: [Int32]
+        switch ProcessTable.listPids() {
+        case let .success(pids): listing = pids
+        case let .failure(error): return "listing /proc: \(error)"
+        }
+        for pid in listing {
+            let stat: StatLine
+            switch ProcessTable.readStatLine(pid) {
+            case let .success(line?): stat = line
+            case .success(nil): continue  // gone, or a zombie
+            case let .failure(error): return "reading /proc/\(pid)/stat: \(error)"
+            }
             var entry = entries[pid].flatMap { $0.stat.startTime == stat.startTime ? $0 : nil } ?? Entry(stat: stat)
             entry.stat = stat
             let age = ProcessTable.ageSeconds(startTime: stat.startTime, uptime: uptime)
@@ -46,6 +58,7 @@ struct ProcessScanCache {
             next[pid] = entry
         }
         entries = next
+        return nil
     }
 
     /// The start time of a live process seen by the last refresh.

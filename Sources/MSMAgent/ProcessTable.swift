@@ -95,6 +95,50 @@ public enum ProcessTable {
         return false
     }
 
+    /// An errno that says nothing about the process (the reader ran out of something).
+    public struct ReadFailure: Error, CustomStringConvertible {
+        public let errno: Int32
+        public var description: String { String(cString: strerror(errno)) }
+        /// ENOENT and ESRCH mean the process is gone; anything else is ours.
+        static func isGone(_ code: Int32) -> Bool { code == ENOENT || code == ESRCH }
+    }
+
+    /// The numeric entries of /proc, or why /proc could not be listed.
+    static func listPids() -> Result<[Int32], ReadFailure> {
+        guard let dir = opendir("/proc") else { return .failure(ReadFailure(errno: errno)) }
+        defer { closedir(dir) }
+        var pids: [Int32] = []
+        while let entry = readdir(dir) {
+            let pid = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { Int32(String(cString: $0)) }
+            }
+            if let pid { pids.append(pid) }
+        }
+        return .success(pids)
+    }
+
+    /// A stat line (nil: the process is gone or a zombie), or why it could not be read.
+    static func readStatLine(_ pid: Int32) -> Result<StatLine?, ReadFailure> {
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            let code = errno
+            return ReadFailure.isGone(code) ? .success(nil) : .failure(ReadFailure(errno: code))
+        }
+        defer { close(fd) }
+        // One read: the kernel generates the line whole (see readProcBytesOnce).
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var count: Int
+        repeat {
+            count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        } while count < 0 && errno == EINTR
+        if count < 0 {
+            let code = errno
+            return ReadFailure.isGone(code) ? .success(nil) : .failure(ReadFailure(errno: code))
+        }
+        if count == buffer.count { return .success(statLine(pid)) }
+        return .success(StatLine(bytes: Array(buffer[0..<count])))
+    }
+
     /// The numeric entries of /proc.
     public static func allPids() -> [Int32] {
         guard let dir = opendir("/proc") else { return [] }

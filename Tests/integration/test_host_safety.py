@@ -235,3 +235,33 @@ def time_after(seconds):
     import time
     end = time.monotonic() + seconds
     return lambda: time.monotonic() >= end
+
+
+# --------------------------------------------------------------------------
+# /proc unreadable is not "every target exited"
+# --------------------------------------------------------------------------
+
+def test_targets_survive_an_agent_out_of_file_descriptors(agent, service):
+    agent.on(service.pid)
+    service.call("sync", n=1)
+    agent.wait_histogram_count("fixture:sync:duration", 1)
+    daemon = agent.daemon_pid()
+    soft = next(line.split()[3] for line in Path("/proc/%d/limits" % daemon).read_text().splitlines()
+                if line.startswith("Max open files"))
+    # No descriptor left for the agent (a new fd must be below the soft limit, and 0-2 are
+    # taken): opendir("/proc") and every open fail with EMFILE.
+    subprocess.run(["prlimit", "--pid", str(daemon), "--nofile=3:"], check=True)
+    from conftest import wait_for
+    try:
+        # A scan ran meanwhile: it either says it could not read /proc, or (the old agent)
+        # took every target for exited.
+        wait_for(lambda: "cannot read /proc" in agent.log() or "target exited" in agent.log(), 10,
+                 what="a scan while out of descriptors")
+        service.call("sync", n=2)  # collection goes on: the ring buffer and the ingest need no new fd
+    finally:
+        subprocess.run(["prlimit", "--pid", str(daemon), "--nofile=%s:" % soft], check=True)
+    wait_for(lambda: "/proc readable again" in agent.log(), 10, what="/proc readable again")
+    assert "target exited" not in agent.log(), agent.log()[-3000:]
+    status = agent.status()
+    assert agent.target(status, service.pid)["state"] == "attached", status
+    agent.wait_histogram_count("fixture:sync:duration", 3)
