@@ -115,7 +115,8 @@ struct msm_sample {
  *            vllm_version (string or null), provider_version, abi}
  *   series  {id, metric, labels: {name: value}}         before first use of id
  *   probe   {probe, state, detail}                      state: active |
- *            not_found | version_excluded | not_present | error
+ *            not_found | version_excluded | not_present | error |
+ *            builtin_handler_unavailable
  *   expr_error {probe, metric, count, message}           cumulative count
  *   ack     {generation, enabled, instrumented}          control file applied
  *   bye     {reason}                                     provider restored all

@@ -666,7 +666,7 @@ public actor Agent {
         case let .file(path):
             // A reference-tool config's own handlers map onto the built-in metrics.
             return ReferenceHandlerMapping.apply(
-                to: try ConfigParser.load(path: path),
+                to: try ConfigParser.parse(yaml: try TrustedConfigFile.read(path), file: path),
                 builtIns: try ConfigParser.parse(yaml: defaultText, file: ConfigSource.builtInName))
         case .builtIn: return try ConfigParser.parse(yaml: defaultText, file: ConfigSource.builtInName)
         }

@@ -59,8 +59,11 @@ public enum ProbeStateName {
     public static let versionExcluded = "version_excluded"
     public static let notPresent = "not_present"
     public static let error = "error"
+    /// A reference-tool handler named in the config that has no built-in equivalent for
+    /// this symbol (the entry's own timers and expressions are still recorded).
+    public static let builtinHandlerUnavailable = "builtin_handler_unavailable"
     /// The states the protocol defines; any other is reported as `error`.
-    public static let all: Set<String> = [active, notFound, versionExcluded, notPresent, error]
+    public static let all: Set<String> = [active, notFound, versionExcluded, notPresent, error, builtinHandlerUnavailable]
 }
 
 /// `probe`: state of one probe in one process.

@@ -265,3 +265,45 @@ def test_targets_survive_an_agent_out_of_file_descriptors(agent, service):
     status = agent.status()
     assert agent.target(status, service.pid)["state"] == "attached", status
     agent.wait_histogram_count("fixture:sync:duration", 3)
+
+
+# --------------------------------------------------------------------------
+# Who may write the config
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["owner", "group-writable", "others-writable", "open-directory"])
+def test_a_config_others_could_write_is_refused(agent, case):
+    from conftest import SYMBOLS
+    base = Path(tempfile.mkdtemp(prefix="msm-cfg-", dir="/var/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        directory = base / "conf"
+        directory.mkdir(mode=0o755)
+        config = directory / "symbols.yaml"
+        config.write_text(Path(SYMBOLS).read_text())
+        os.chmod(config, 0o644)
+        if case == "owner":
+            os.chown(config, 65534, 65534)
+            expect = "is owned by uid 65534, not root"
+        elif case == "group-writable":
+            os.chmod(config, 0o664)
+            expect = "is writable by its group"
+        elif case == "others-writable":
+            os.chmod(config, 0o646)
+            expect = "is writable by others"
+        else:
+            os.chmod(directory, 0o777)
+            expect = "directory %s is writable by its group and others" % directory
+        for args in (["check-config", config], ["on", "--config", config, "--listen", agent.listen]):
+            proc = agent.run(*args)
+            assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+            assert expect in proc.stderr and "root" in proc.stderr, (args, proc.stderr)
+        assert agent.daemon_pid() is None or not os.path.exists("/proc/%d" % agent.daemon_pid())
+        # Fixed, it loads.
+        os.chmod(directory, 0o755)
+        os.chown(config, 0, 0)
+        os.chmod(config, 0o644)
+        ok = agent.run("check-config", config)
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(base)])
