@@ -69,6 +69,11 @@ public actor Agent {
     private var busy: Set<Int32> = []
     /// The last scan could not read /proc (logged once per streak).
     private var procUnreadable = false
+    /// Series announcements lost in a full ring buffer: per target, its orphan samples when its
+    /// provider was last asked to announce again, and when; the request counters written to
+    /// the control file (`resend`, by the pid the provider reports for itself).
+    private var orphansAtResend: [Int32: (count: UInt64, at: ContinuousClock.Instant)] = [:]
+    private var resend: [String: UInt64] = [:]
     /// Injections in progress, by pid: `off` (and so SIGTERM, SIGINT) asks each to stop and
     /// waits for it before releasing the targets.
     private var inFlight: [Int32: InjectionCancellation] = [:]
@@ -311,6 +316,7 @@ public actor Agent {
             for facts in toAttach { group.addTask { await self.attach(facts) } }
             for pid in toRevive { group.addTask { await self.reviveSilentProvider(pid) } }
         }
+        await requestResendForOrphans()
         // Forget exited targets after a grace period: their last events are drained first.
         for (pid, target) in targets where target.state == .exited {
             if let retiredAt = target.retiredAt, ContinuousClock.now - retiredAt > .seconds(2) {
@@ -318,6 +324,26 @@ public actor Agent {
                 await aggregator.processExited(pid: pid)
             }
         }
+    }
+
+    /// A target whose samples name series it never announced lost announcements (a full ring
+    /// buffer drops a JSON record like any other): its provider is asked, through the control
+    /// file's `resend` counters (same generation: nothing is re-applied), to announce its
+    /// series again; at most once a second per target, and only when new orphans came.
+    private func requestResendForOrphans() async {
+        let now = ContinuousClock.now
+        var asked: [String] = []
+        for (pid, orphans) in await aggregator.orphans() where targets[pid]?.state == .attached {
+            if let last = orphansAtResend[pid], orphans.count <= last.count || now - last.at < .seconds(1) { continue }
+            let key = String(orphans.selfPid ?? pid)
+            resend[key, default: 0] += 1
+            orphansAtResend[pid] = (orphans.count, now)
+            asked.append("\(pid)")
+            logger.info("asked the provider to announce its series again", metadata: [
+                "pid": "\(pid)", "orphan_samples": "\(orphans.count)"])
+        }
+        guard !asked.isEmpty else { return }
+        do { try publishControlFile(newGeneration: false) } catch { logger.warning("\(error)") }
     }
 
     /// Role and rank from a title; a worker takes its engine core's rank.
@@ -576,6 +602,7 @@ public actor Agent {
         target.retiredAt = .now
         targets[pid] = target
         controlFileCopies.remove(pid)
+        orphansAtResend[pid] = nil
         logger.info("target exited", metadata: ["pid": "\(pid)"])
     }
 
@@ -649,10 +676,12 @@ public actor Agent {
     }
 
     /// Writes the control file and its copies; returns the copies that could not be written.
+    /// `newGeneration`: false only for a change that providers need not apply (`resend`).
     @discardableResult
-    private func publishControlFile() throws -> [String] {
-        generation += 1
-        let file = ControlFile(config: config, generation: generation, enabled: enabled, agentPid: getpid())
+    private func publishControlFile(newGeneration: Bool = true) throws -> [String] {
+        if newGeneration { generation += 1 }
+        let file = ControlFile(config: config, generation: generation, enabled: enabled, agentPid: getpid(),
+                               resend: resend)
         let data = try file.jsonData()
         lastControlData = data
         try settings.runtime.writeControlFile(data)

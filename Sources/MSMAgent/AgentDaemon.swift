@@ -21,7 +21,7 @@ public enum AgentDaemon {
         let address = try MetricsHTTPServer.Address(parsing: settings.listen)
         // Providers must be installable before any `exec` or attach.
         try runtime.installProvider()
-        let collector = try BPFCollector(objectBytes: Artifacts.bpfObject)
+        let collector = try BPFCollector(objectBytes: Artifacts.bpfObject, ringBytes: try ringBytes())
         let agent = try Agent(settings: settings, collector: collector, logger: logger)
         await agent.start()
 
@@ -56,6 +56,17 @@ public enum AgentDaemon {
         }
         try await group.run()
     }
+}
+
+/// $MS_SERVICE_METRIC_RING_BYTES: the ring buffer's size (a power of two from 4 KiB to 1 GiB;
+/// default 16 MiB). Smaller saves kernel memory on a quiet node; the tests make it tiny to
+/// fill it on purpose.
+func ringBytes(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
+    guard let text = environment["MS_SERVICE_METRIC_RING_BYTES"] else { return BPFCollector.defaultRingBytes }
+    guard let value = Int(text), value >= 4096, value <= 1 << 30, value & (value - 1) == 0 else {
+        throw RuntimeError("MS_SERVICE_METRIC_RING_BYTES=\(text): expected a power of two from 4096 to 1073741824")
+    }
+    return value
 }
 
 /// Scans for targets until shutdown, then releases them (`off`).

@@ -41,13 +41,26 @@ public final class BPFCollector: @unchecked Sendable {
     // The object bytes must outlive bpf_object__open_mem's object.
     private let objectBytes: UnsafeMutableRawBufferPointer
 
-    public init(objectBytes bytes: Data) throws {
+    /// The ring buffer's default size: 16 MiB holds ~260 000 timer records, seconds of the
+    /// busiest vLLM here between two drains.
+    public static let defaultRingBytes = 16 << 20
+
+    /// `ringBytes`: the ring buffer's size (a power of two, at least one page).
+    public init(objectBytes bytes: Data, ringBytes: Int = BPFCollector.defaultRingBytes) throws {
         msm_libbpf_quiet_logging()
         objectBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
         bytes.copyBytes(to: objectBytes)
         guard let object = bpf_object__open_mem(objectBytes.baseAddress, objectBytes.count, nil) else {
             objectBytes.deallocate()
             throw Failure.open(-errno)
+        }
+        if ringBytes != Self.defaultRingBytes, let events = bpf_object__find_map_by_name(object, "events") {
+            let set = bpf_map__set_max_entries(events, UInt32(ringBytes))
+            guard set == 0 else {
+                bpf_object__close(object)
+                objectBytes.deallocate()
+                throw Failure.load(set)
+            }
         }
         let loaded = bpf_object__load(object)
         guard loaded == 0 else {

@@ -207,7 +207,10 @@ public actor Aggregator {
                 drop("series_limit")
             }
         }
-        if orphan { stats.orphanSamples &+= 1 }
+        if orphan {
+            stats.orphanSamples &+= 1
+            proc.orphanSamples &+= 1
+        }
     }
 
     @inline(__always) private func record(_ v: SampleValue, slot i: Int, type: MetricType, sample s: Sample) {
@@ -341,6 +344,14 @@ public actor Aggregator {
 
     /// Last control-file generation each live process acknowledged (processes that have
     /// not acknowledged any are absent). Cheap: for polling while waiting for acks.
+    /// Per process: its orphan samples so far and the pid it reports for itself (its own pid
+    /// namespace; nil before its hello), for asking a provider to announce its series again.
+    public func orphans() -> [Int32: (count: UInt64, selfPid: Int32?)] {
+        var out: [Int32: (count: UInt64, selfPid: Int32?)] = [:]
+        for (pid, p) in processes where p.orphanSamples > 0 { out[pid] = (p.orphanSamples, p.hello?.pid) }
+        return out
+    }
+
     public func acknowledgedGenerations() -> [Int32: UInt64] {
         var out: [Int32: UInt64] = [:]
         for (pid, p) in processes { if let a = p.lastAck { out[pid] = a.generation } }

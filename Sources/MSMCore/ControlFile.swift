@@ -12,25 +12,42 @@ public struct ControlFile: Codable, Sendable, Equatable {
     public var enabled: Bool
     public var agentPid: Int32
     public var probes: [ControlProbe]
+    /// Provider pid (as the provider sees it) → a request counter: a provider whose counter
+    /// changed announces its series, probe states and ack again, without re-applying (the
+    /// agent asks after samples arrived for series whose announcement was lost).
+    public var resend: [String: UInt64]
 
     public init(abi: Int = ControlFile.abiVersion, generation: UInt64, enabled: Bool, agentPid: Int32,
-                probes: [ControlProbe]) {
+                probes: [ControlProbe], resend: [String: UInt64] = [:]) {
         self.abi = abi
         self.generation = generation
         self.enabled = enabled
         self.agentPid = agentPid
         self.probes = probes
+        self.resend = resend
     }
 
     /// Builds the file from a validated config: probe id = index of the entry.
-    public init(config: SymbolConfig, generation: UInt64, enabled: Bool, agentPid: Int32) {
+    public init(config: SymbolConfig, generation: UInt64, enabled: Bool, agentPid: Int32,
+                resend: [String: UInt64] = [:]) {
         self.init(generation: generation, enabled: enabled, agentPid: agentPid,
-                  probes: config.entries.enumerated().map { ControlProbe(id: $0.offset, entry: $0.element) })
+                  probes: config.entries.enumerated().map { ControlProbe(id: $0.offset, entry: $0.element) },
+                  resend: resend)
     }
 
     enum CodingKeys: String, CodingKey {
-        case abi, generation, enabled, probes
+        case abi, generation, enabled, probes, resend
         case agentPid = "agent_pid"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        abi = try c.decode(Int.self, forKey: .abi)
+        generation = try c.decode(UInt64.self, forKey: .generation)
+        enabled = try c.decode(Bool.self, forKey: .enabled)
+        agentPid = try c.decode(Int32.self, forKey: .agentPid)
+        probes = try c.decode([ControlProbe].self, forKey: .probes)
+        resend = try c.decodeIfPresent([String: UInt64].self, forKey: .resend) ?? [:]
     }
 
     /// Compact UTF-8 JSON with sorted keys (stable bytes for the same content).

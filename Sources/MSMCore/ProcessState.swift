@@ -31,6 +31,8 @@ final class ProcessState {
     var messages: UInt64 = 0
     /// Series this process created in the store (Aggregator.TargetLimits.series).
     var seriesCreated = 0
+    /// Samples with a value for a series id this process never announced (a lost announcement).
+    var orphanSamples: UInt64 = 0
 
     static let denseLimit: UInt32 = 65_536
 

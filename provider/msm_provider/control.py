@@ -219,6 +219,13 @@ def validate_control(doc, path="<control>"):
     pid = doc.get("agent_pid")
     if pid is not None and not _int(pid):
         sh.fail("agent_pid", "must be an integer, not %s" % _json_type(pid))
+    resend = doc.get("resend")
+    if resend is not None:
+        if not isinstance(resend, dict):
+            sh.fail("resend", "must be an object, not %s" % _json_type(resend))
+        for k, v in resend.items():
+            if not _int(v) or v < 0:
+                sh.fail("resend.%s" % _short(repr(k), 20), "must be a non-negative integer")
     if abi != ABI_VERSION:
         return doc  # not applied (the provider reports the abi); its shape may differ
     ids = set()

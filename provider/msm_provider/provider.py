@@ -88,6 +88,20 @@ def _truncate(s, n):
     return s if len(s) <= n else s[:n]
 
 
+# A JSON record takes 2 KiB of ring buffer, which the agent drains every 5 ms when busy:
+# 8 records every 20 ms fit even a 16 KiB ring; a 16 MiB one holds 8000 at once.
+RESEND_BATCH = 8
+RESEND_PAUSE = 0.02
+
+
+def _resend_counter(doc):
+    """The agent's request counter for this process in a control document (None: none)."""
+    resend = doc.get("resend")
+    if not isinstance(resend, dict):
+        return None
+    return resend.get(str(os.getpid()))
+
+
 class CardinalityError(Exception):
     pass
 
@@ -133,10 +147,15 @@ class _SeriesRegistry:
             m.cache[key] = sid
         return sid
 
-    def announce_all(self):
+    def announce_all(self, paced=False):
+        """Every series again. ``paced``: in batches of RESEND_BATCH a few ms apart (from the
+        provider's thread, on the agent's request after a full ring buffer lost
+        announcements: a burst of thousands would overflow it again)."""
         with self._lock:
             items = list(enumerate(self._list))
-        for sid, (metric, labels) in items:
+        for n, (sid, (metric, labels)) in enumerate(items):
+            if paced and n and n % RESEND_BATCH == 0:
+                time.sleep(RESEND_PAUSE)
             self._provider._send({"type": "series", "id": sid, "metric": metric, "labels": labels})
 
 
@@ -420,6 +439,8 @@ class Provider:
         self._expr_errors = {}
         self._internal_errors = 0
         self._resend = False
+        # The agent's `resend` counter for this process (control file) as last seen.
+        self._resend_seen = None
         self._thread = None
         self._stop = threading.Event()
         self._patcher = None
@@ -641,6 +662,12 @@ class Provider:
                 if gen != self._applied_generation:
                     self.apply(doc)
                     return
+                asked = _resend_counter(doc)
+                if asked != self._resend_seen:
+                    # The agent saw samples of series whose announcement it never got (a
+                    # full ring buffer): announce everything again, paced.
+                    self._resend_seen = asked
+                    self._resend = True
         elif sig is None and self._control_sig is None:
             self._control_sig = ("missing",)
             self._warn("control file %s does not exist" % self.control_path)
@@ -655,7 +682,7 @@ class Provider:
 
     def _resend_all(self):
         self._hello(self._applied_generation)
-        self._series.announce_all()
+        self._series.announce_all(paced=True)
         for p in self._probes:
             self._send_probe(p)
         self._send_ack()
@@ -684,6 +711,7 @@ class Provider:
         self._lazy_imports()
         with self._lock:
             self._resend = False
+            self._resend_seen = _resend_counter(doc)
             gen = doc.get("generation")
             enabled = doc.get("enabled", True) is not False
             self._hello(gen)
