@@ -391,6 +391,14 @@ public actor Agent {
             ?? Target(pid: facts.pid, startTime: facts.startTime, title: facts.title, role: role, dp: dp)
         target.role = role
         target.dp = dp
+        if let refusal = ProcessTable.userNamespaceRefusal(facts.pid) {
+            target.state = .error
+            target.detail = refusal
+            target.acquisition.finish(.failed(retryable: false), now: .now)
+            if targets[facts.pid]?.detail != refusal { logger.warning("\(refusal)") }
+            targets[facts.pid] = target
+            return
+        }
         // Reading a big process's maps and registering its uprobes wait on its mmap lock,
         // seconds when a vLLM process is busy: off the actor, so that targets are attached in
         // parallel and status and /metrics answer meanwhile.

@@ -179,6 +179,29 @@ public enum ProcessTable {
         return result
     }
 
+    /// Why a process in a user namespace that does not map the host's root to its root (a
+    /// rootless container) cannot be a target, or nil. Files the agent writes into its mount
+    /// namespace are owned by the host's root, which such a namespace shows as an unmapped
+    /// uid (65534): its provider rightly refuses a control file root does not own there, and
+    /// nothing the agent could write would pass that check without weakening it. A user
+    /// namespace made by root that maps 0 to 0 (`unshare -Ur` as root) is fine.
+    public static func userNamespaceRefusal(_ pid: Int32) -> String? {
+        guard let map = readProcFile("/proc/\(pid)/uid_map"), !rootMapsToRoot(uidMap: map) else { return nil }
+        return "pid \(pid) runs in a user namespace where the host's root is not root (a rootless container): "
+            + "not supported, its provider cannot trust files the host's root writes; run it without a user "
+            + "namespace, or with the host's uid 0 mapped to 0, to collect from it"
+    }
+
+    /// /proc/PID/uid_map lines "inside outside count": does host uid 0 map to uid 0?
+    static func rootMapsToRoot(uidMap: String) -> Bool {
+        for line in uidMap.split(separator: "\n") {
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt64($0) }
+            guard f.count == 3, f[2] > 0 else { continue }
+            if f[1] == 0 { return f[0] == 0 }  // the range that holds host uid 0 starts there
+        }
+        return false
+    }
+
     /// The mapping of the provider library, if the process has the provider loaded.
     public static func providerMapping(of pid: Int32, fileName: String = "_msm_probe.abi3.so") -> ProviderMapping? {
         mappedFiles(pid, providerFileName: fileName)?.provider

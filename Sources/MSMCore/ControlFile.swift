@@ -50,6 +50,17 @@ public struct ControlFile: Codable, Sendable, Equatable {
         resend = try c.decodeIfPresent([String: UInt64].self, forKey: .resend) ?? [:]
     }
 
+    /// `resend` only when the agent asked someone (docs/protocol.md).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(abi, forKey: .abi)
+        try c.encode(generation, forKey: .generation)
+        try c.encode(enabled, forKey: .enabled)
+        try c.encode(agentPid, forKey: .agentPid)
+        try c.encode(probes, forKey: .probes)
+        if !resend.isEmpty { try c.encode(resend, forKey: .resend) }
+    }
+
     /// Compact UTF-8 JSON with sorted keys (stable bytes for the same content).
     public func jsonData() throws -> Data {
         let enc = JSONEncoder()

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MSMAgent
+import MSMCore
 
 @main
 struct MSMCommand: AsyncParsableCommand {
@@ -84,7 +85,8 @@ func withCLIErrors(_ body: () async throws -> Void) async throws {
 
 /// Prints a response from the agent and exits with its code.
 func finish(_ response: ControlResponse) throws {
-    for line in response.lines {
+    // Lines carry process titles and provider messages: printed with controls escaped.
+    for line in response.lines.map(TerminalText.escaped) {
         if response.exitCode == 0 { print(line) } else { printErr(line) }
     }
     if response.exitCode != 0 { throw ExitCode(response.exitCode) }

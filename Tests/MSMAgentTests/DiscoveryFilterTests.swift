@@ -30,3 +30,13 @@ final class DiscoveryFilterTests: XCTestCase {
         XCTAssertFalse(f.admits(uid: 7, cgroups: ["/other"]))
     }
 }
+
+final class UserNamespaceTests: XCTestCase {
+    func testRootMapsToRoot() {
+        XCTAssertTrue(ProcessTable.rootMapsToRoot(uidMap: "         0          0 4294967295\n"))
+        XCTAssertTrue(ProcessTable.rootMapsToRoot(uidMap: "0 0 1\n"))
+        XCTAssertFalse(ProcessTable.rootMapsToRoot(uidMap: "0 1000 1\n"))
+        XCTAssertFalse(ProcessTable.rootMapsToRoot(uidMap: "0 100000 65536\n1 0 1\n"))
+        XCTAssertFalse(ProcessTable.rootMapsToRoot(uidMap: ""))
+    }
+}

@@ -307,3 +307,24 @@ def test_a_config_others_could_write_is_refused(agent, case):
         assert ok.returncode == 0, ok.stderr
     finally:
         subprocess.run(["rm", "-rf", str(base)])
+
+
+def test_a_rootless_container_is_refused_with_one_line(agent):
+    """A target in its own user namespace is refused by name, and untouched."""
+    port = __import__("conftest").free_port()
+    # An unprivileged user's namespace: its root is host uid 65534, host root is unmapped.
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "-Ur",
+           "/usr/bin/python3.11", str(fixtures_outside_tmp()), "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MS_SERVICE_METRIC") and k != "PYTHONPATH"}
+    svc = start_service(cmd, env)
+    try:
+        proc = agent.run("on", "--pid", svc.pid, "--listen", agent.listen)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "(a rootless container): not supported" in proc.stderr, proc.stderr
+        maps = Path("/proc/%d/maps" % svc.pid).read_text()
+        assert "_msm_probe" not in maps
+        status = Path("/proc/%d/status" % svc.pid).read_text()
+        assert "TracerPid:\t0" in status
+    finally:
+        agent.off()
+        svc.stop()
