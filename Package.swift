@@ -51,6 +51,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/ms-service-metric"),
 
+        // Mutation fuzzer of the parsers that read what targets and users write (config, ring
+        // records, ELF files, maps): `swift run msm-fuzz --seconds S` (scripts/fuzz.sh).
+        .target(name: "CFuzzShim", path: "Sources/CFuzzShim"),
+        .executableTarget(name: "msm-fuzz", dependencies: ["MSMCore", "MSMAgent", "MSMArtifacts", "CInjector", "CMSMABI", "CFuzzShim"],
+                          path: "Sources/msm-fuzz"),
+
         // Benchmarks of the user-space path (ingest, rendering): `swift run -c release msm-bench`.
         .executableTarget(name: "msm-bench", dependencies: ["MSMCore"], path: "Sources/msm-bench"),
 

@@ -9,6 +9,8 @@ echo "== unit tests (Swift)"
 swift test
 echo "== provider tests (Python)"
 python3 -m pytest -q Tests/provider
+echo "== fuzzers (config, ring records, ELF, maps, control file; 15 s each)"
+bash scripts/fuzz.sh 15
 echo "== integration tests (root, real BPF, real processes)"
 MSM_BIN="$PWD/.build/debug/ms-service-metric" python3 -m pytest -v Tests/integration
 echo "== end-to-end tests (a real vllm serve; needs scripts/vllm-setup.sh, skipped without it)"
