@@ -86,7 +86,8 @@ func withCLIErrors(_ body: () async throws -> Void) async throws {
 /// Prints a response from the agent and exits with its code.
 func finish(_ response: ControlResponse) throws {
     // Lines carry process titles and provider messages: printed with controls escaped.
-    for line in response.lines.map(TerminalText.escaped) {
+    let lines = response.lines.flatMap { $0.split(separator: "\n", omittingEmptySubsequences: false) }
+    for line in lines.map({ TerminalText.escaped(String($0)) }) {
         if response.exitCode == 0 { print(line) } else { printErr(line) }
     }
     if response.exitCode != 0 { throw ExitCode(response.exitCode) }
