@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what ms-service-metric needs to build and test on Debian 12, then builds it.
 #   apt: libbpf-dev libelf-dev (libbpf), bpftool, pkg-config, python3-dev (Python.h for the
-#        provider's native library), prometheus (promtool, used by the tests)
+#        provider's native library), prometheus (promtool, used by the tests), and the tools
+#        the tests run: curl, gcc (the PEP 768 stand-in), util-linux (setpriv, unshare,
+#        nsenter, prlimit)
 #   pip: pytest (tests), prometheus_client (the reference side of the benchmark)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libbpf-dev libelf-dev bpftool pkg-config python3-dev prometheus)
+packages=(libbpf-dev libelf-dev bpftool pkg-config python3-dev prometheus curl gcc util-linux)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -38,3 +38,21 @@ def vllm_server(tmp_path_factory):
         server.stop()
         left = vllm_process_tree(server.pid)
         assert not left, "vLLM processes left after stop:\n" + format_process_tree(left)
+
+
+# --- CI: a skip is a failure (Tests/ci_policy.py) ---
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), ".."))
+import ci_policy  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    ci_policy.enforce(item, outcome.get_result())
+
+
+def pytest_terminal_summary(terminalreporter):
+    ci_policy.summarize(terminalreporter)

@@ -286,22 +286,46 @@ class TestPlainServer:
         assert total(dep.agent.scrape(), P + "scheduler:seqlen:avg", dp=0) == expect
 
     def test_abandoned_stream_is_aborted(self, plain_workload):
+        """A client that goes away mid-stream: vLLM aborts the request (its own count of
+        requests finished with reason "abort" is the ground truth) and the agent counts one
+        more AsyncLLM.abort call and one more generate(). A request the engine finished
+        before the disconnect reached it (reason "length") proves nothing about aborts: it is
+        retried with a new one, at most 4 times."""
         dep = plain_workload[0]
-        a0 = dep.agent.scrape()
-        events = wl.abandoned_stream(dep.server)
-        assert len(events) == 3, events
+        attempts = []
+        for attempt in range(4):
+            a0, v0 = dep.agent.scrape(), wl.vllm_metrics(dep.server)
+            finished0 = total(v0, "vllm:request_success_total")
+            # As long as the model allows (max-model-len 512): the stream is closed after its
+            # second event, hundreds of tokens before its end.
+            events = wl.abandoned_stream(dep.server, max_tokens=480, chunks=2)
+            assert len(events) == 2, events
+            v1 = wait_until(lambda: (lambda v: v if total(v, "vllm:request_success_total") > finished0 else None)(
+                wl.vllm_metrics(dep.server)), 60, "vLLM to finish the abandoned request")
+            aborted = delta(v1, v0, "vllm:request_success_total", finished_reason="abort")
+            attempts.append((aborted, delta(v1, v0, "vllm:request_success_total")))
+            if aborted == 1:
+                break
+        else:
+            raise AssertionError("vLLM never aborted the abandoned stream in %d attempts "
+                                 "(aborted, finished): %s" % (len(attempts), attempts))
         seen = []
 
-        def aborted():
+        def counted():
             a = dep.agent.scrape()
             seen.append((delta(a, a0, GENERATE, dp=-1),
                          delta(a, a0, P + "async_llm:abort_requests:duration_count", dp=-1)))
             return seen[-1] == (1, 1)
 
         try:
-            wait_until(aborted, 30, "the abandoned generate() timed and one abort recorded")
+            wait_until(counted, 30, "the abandoned generate() timed and one abort recorded")
         except AssertionError as e:
-            raise AssertionError("%s; (generate, abort) deltas last seen: %s" % (e, seen[-1:])) from None
+            raise AssertionError("%s; (generate, abort) deltas last seen: %s; vLLM aborts %s" % (
+                e, seen[-1:], attempts)) from None
+        # Nothing more arrives later (a duplicate would show here).
+        wl.settle_events(dep.agent)
+        assert seen[-1] == (delta(dep.agent.scrape(), a0, GENERATE, dp=-1),
+                            delta(dep.agent.scrape(), a0, P + "async_llm:abort_requests:duration_count", dp=-1))
 
     def test_failing_rpc_counted_by_exception_type(self, plain_workload):
         dep = plain_workload[0]

@@ -177,6 +177,21 @@ def abandoned_stream(server, max_tokens=400, chunks=3):
     return events
 
 
+def settle_events(agent, timeout=30):
+    """Waits until the agent's event counter stands still for a second (everything in
+    flight was ingested): an exact count asserted afterwards also sees late duplicates."""
+    last = {}
+
+    def still():
+        value = total(agent.scrape(), "ms_service_metric_events_total")
+        now = time.monotonic()
+        if last.get("value") != value:
+            last.update(value=value, since=now)
+        return now - last["since"] >= 1.0
+
+    wait_until(still, timeout, "the agent's event counter to stand still", interval=0.2)
+
+
 def wait_until(cond, timeout, what, interval=0.2):
     """Polls ``cond`` until it returns a true value (returned); AssertionError with the
     last value seen after ``timeout`` seconds."""

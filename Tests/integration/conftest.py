@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "Tests"))
+import ci_policy  # noqa: E402
 FIXTURES = REPO / "Tests" / "fixtures"
 SERVICE = FIXTURES / "service.py"
 SYMBOLS = FIXTURES / "fixture_symbols.yaml"
@@ -400,7 +402,12 @@ def _is_our_daemon(pid, binary):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    ci_policy.enforce(item, rep)
     setattr(item, "rep_" + rep.when, rep)
+
+
+def pytest_terminal_summary(terminalreporter):
+    ci_policy.summarize(terminalreporter)
 
 
 @pytest.fixture

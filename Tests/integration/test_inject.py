@@ -445,7 +445,7 @@ def test_refuses_dead_pid(agent):
     assert "no process with pid %d" % p.pid in proc.stderr
 
 
-@pytest.mark.skipif(pyenv_python(9) is None, reason="no pyenv CPython 3.9 here")
+@pytest.mark.skipif(pyenv_python(9) is None, reason="interpreter not installed here: pyenv CPython 3.9")
 def test_refuses_unsupported_version(agent, plain_services):
     svc = plain_services(pyenv_python(9))
     proc, report = inject(agent, svc.pid)
