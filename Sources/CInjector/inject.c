@@ -43,6 +43,8 @@
 // Thread.start() waits for that thread to take the GIL, which a busy process hands over
 // every 5 ms switch interval at best.
 enum { WAKE_GRACE_MS = 150, WAKE_INTERVAL_MS = 250, CALL_EXTRA_MS = 10000 };
+// A claimed thread stops within microseconds; one that has not after this blocks the signal.
+enum { CLAIM_STOP_MS = 100 };
 enum { CALL_OK = 0, CALL_GONE = 1, CALL_ERROR = 2, CALL_TIMEOUT = 3, CALL_STOPPED = 4 };
 #define PYGILSTATE_UNLOCKED 1  // enum PyGILState_STATE: what Ensure returns to a thread without the GIL
 
@@ -158,6 +160,12 @@ static int is_wait_call_point(struct injection *in, pid_t tid, int status, struc
     const struct python_target *tg = &in->tg;
     if (!t || !t->want_call || t->no_call) return 0;
     if (!tg->gil_ensure || !tg->gil_release || !tg->gil_check || !tg->gil_this) return 0;
+    // Its calls end with a stop signal it must not block (ZMQ's threads block them all).
+    if (tracee_blocked_signals(in->pid, tid) & (1ULL << (in->sp.signal - 1))) {
+        t->no_call = 1;
+        t->want_call = 0;
+        return 0;
+    }
     if (arch_save(tid, ctx) != 0) return 0;
     long nr = arch_syscall_nr(ctx);
     long long rax = arch_syscall_ret(ctx);
@@ -219,14 +227,25 @@ static int acquire_thread(struct injection *in, double t0, double deadline, pid_
     double next_wake = now_ms() + WAKE_GRACE_MS;  // relative to the arming
     safe_point_arm(&in->sp);
     debug_pause(in, "armed");
+    pid_t claim = 0;          // a claim seen, and since when: a thread that blocks the stop
+    double claim_seen = 0;    // signal (set after we looked) never stops; it is excluded
     for (;;) {
+        pid_t now_claimed = safe_point_claimed(&in->sp);
+        if (now_claimed && now_claimed != claim) {
+            claim = now_claimed;
+            claim_seen = now_ms();
+        } else if (now_claimed && now_ms() - claim_seen > CLAIM_STOP_MS) {
+            safe_point_exclude(&in->sp, claim);
+            claim = 0;
+            safe_point_arm(&in->sp);
+        }
         if (in->c.exec_seen) return fail(r, MSM_INJECT_PROCESS_EXITED, "pid %d called exec; nothing was injected", in->pid);
         if (cancelled(in)) return fail(r, MSM_INJECT_CANCELLED, "the injection into pid %d was cancelled; nothing was changed", in->pid);
         // No thread at the safe point after a short grace period: wake the threads that
         // wait in epoll (an idle asyncio loop never releases the GIL otherwise), then again
         // now and then for threads that started waiting since.
         double until = next_wake < deadline ? next_wake : deadline;
-        if (in->cancel && now_ms() + 50 < until) until = now_ms() + 50;
+        if (now_ms() + 50 < until) until = now_ms() + 50;  // cancellation, stuck claims
         pid_t tid = 0;
         int status = 0;
         if (tracees_next_event(&in->c, until, &tid, &status) != 0) {
@@ -285,7 +304,9 @@ static int acquire_thread(struct injection *in, double t0, double deadline, pid_
 static int run(struct injection *in, double t0) {
     struct msm_inject_result *r = in->r;
     pid_t pid = in->pid;
-    double deadline = t0 + in->timeout_ms;
+    // The wait for a safe point starts once the uprobes are in: registering them waits for
+    // the target's mmap lock, which a busy vLLM process holds for seconds at a time.
+    double deadline = now_ms() + in->timeout_ms;
     size_t src_len = strlen(in->src) + 1;
     for (;;) {
         pid_t tid = 0;

@@ -137,7 +137,13 @@ int tracees_wake_waiters(struct tracees *c) {
     int woken = 0;
     for (size_t i = 0; i < c->n; i++) {
         struct thread *t = &c->t[i];
-        if (t->state != T_RUNNING) continue;
+        if (t->state != T_RUNNING || t->signal_blocked) continue;
+        // A thread that blocks the stop signal can neither be claimed nor run our calls
+        // (see inject.c): waking it is pointless.
+        if (c->stop_signal && (tracee_blocked_signals(c->pid, t->tid) & (1ULL << (c->stop_signal - 1)))) {
+            t->signal_blocked = 1;
+            continue;
+        }
         long nr = blocked_syscall(c->pid, t->tid);
         if (arch_is_restartable_wait(nr) && c->wake_rounds >= 1 && !t->no_call && !t->blocked_wait) {
             t->blocked_wait = 1;  // at its wake stop the code runs there, or it is retried later

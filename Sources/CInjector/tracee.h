@@ -24,6 +24,7 @@ struct thread {
                        // EINTR is retried in C, e.g. libuv): run the code at its next wake stop
     int no_call;       // not a Python thread without the GIL: never run the code there
     int blocked_wait;  // woken from a restartable blocking wait (futex/read/poll/ppoll)
+    int signal_blocked; // blocks the stop signal: never woken, claimed or used
 };
 
 struct tracees {

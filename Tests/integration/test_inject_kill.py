@@ -211,3 +211,41 @@ def test_orderly_exit_stops_an_injection_in_progress(agent, pythons, how):
     finally:
         if target.proc.poll() is None:
             target.proc.kill()
+
+
+CATCHER = r"""
+import os, signal, sys, threading, time
+caught = []
+for name in sys.argv[1:]:
+    signal.signal(getattr(signal, name), lambda s, f: caught.append(s))
+def spin():
+    while True:
+        time.sleep(0.001)
+threading.Thread(target=spin, daemon=True).start()
+print("ready", flush=True)
+for line in sys.stdin:
+    print("caught %r" % caught, flush=True)
+"""
+
+
+@pytest.mark.parametrize("handled", [["SIGURG"], ["SIGURG", "SIGWINCH"]], ids=["urg", "urg-and-winch"])
+def test_stop_signal_is_never_one_the_target_handles(msm_bin, runtime_dir, pythons, handled):
+    """The safe point stops a thread with SIGURG, or SIGWINCH when the target catches SIGURG;
+    a target that catches both is refused before anything is touched."""
+    p = subprocess.Popen([pythons[0], "-c", CATCHER] + handled, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        env = dict(os.environ, MS_SERVICE_METRIC_RUNTIME_DIR=runtime_dir)
+        proc = subprocess.run([msm_bin, "debug-inject", "--pid", str(p.pid), "--code", "x = 1", "--timeout", "5"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        if len(handled) == 1:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        else:
+            assert proc.returncode == 1 and "catches both SIGURG and SIGWINCH" in proc.stderr, proc.stdout + proc.stderr
+            assert "nothing was changed" in proc.stderr
+        p.stdin.write("?\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "caught []", "a handler of the target ran"
+    finally:
+        p.kill()
+        p.wait()
